@@ -1,0 +1,72 @@
+"""The console script: sub-command listing, per-command help, config errors as one line with
+exit code 2, and run directories with their record (config, version, command line)."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def run_cli(*args: str, cwd: Path = REPO) -> subprocess.CompletedProcess:
+    env = {k: v for k, v in os.environ.items() if k not in ("ACKMEANS_DEBUG", "HYDRA_FULL_ERROR")}
+    return subprocess.run(
+        [sys.executable, "-m", "ackmeans_torch.cli.main", *args],
+        capture_output=True, text=True, cwd=cwd, env=env, timeout=300,
+    )
+
+
+def test_help_lists_every_subcommand():
+    from ackmeans_torch.cli.main import COMMANDS
+
+    out = run_cli("--help")
+    assert out.returncode == 0
+    for name in COMMANDS:
+        assert name in out.stdout
+
+
+def test_command_help_shows_its_config():
+    out = run_cli("simulate", "--help")
+    assert out.returncode == 0
+    assert "n_centres" in out.stdout and "snr" in out.stdout
+
+
+def test_unknown_command_is_one_line_exit_2():
+    out = run_cli("clasify")
+    assert out.returncode == 2
+    assert out.stderr.strip().count("\n") == 0 and "clasify" in out.stderr
+
+
+def test_unknown_config_key_is_one_line_exit_2(tmp_path):
+    out = run_cli("simulate", "views.n_centre=3", f"out_dir={tmp_path / 'run'}")
+    assert out.returncode == 2, out.stderr
+    assert out.stderr.strip().count("\n") == 0
+    assert "n_centre" in out.stderr
+    assert not (tmp_path / "run").exists()
+
+
+def test_run_directory_records_config_version_and_command(tmp_path):
+    run = tmp_path / "run"
+    out = run_cli("simulate", "views.n_centres=2", "views.per_centre=3", "volume.phantom_box=24",
+                  f"out_dir={run}")
+    assert out.returncode == 0, out.stderr
+    cfg = yaml.safe_load((run / "config.yaml").read_text())
+    assert cfg["views"]["n_centres"] == 2 and cfg["out_dir"] == str(run)
+    info = yaml.safe_load((run / "run_info.yaml").read_text())
+    assert info["version"]
+    assert "views.n_centres=2" in info["command"] and info["command"].startswith("ackmeans-torch simulate")
+
+
+def test_missing_input_file_is_one_line_exit_2_and_nothing_written(tmp_path):
+    run = tmp_path / "run"
+    out = run_cli("simulate", f"volume.path={tmp_path / 'nope.mrc'}", f"out_dir={run}")
+    assert out.returncode == 2
+    assert out.stderr.strip().count("\n") == 0 and "nope.mrc" in out.stderr
+    assert "Traceback" not in out.stderr
+    assert not list(run.glob("*.mrcs")) and not list(run.glob("*.star"))
