@@ -33,8 +33,14 @@ from ackmeans_torch.io.atomic import atomic_output
 
 # configs/ sits at the repository top level (lightning-hydra-template layout); the package is
 # installed editable, so the path relative to this file is stable.
-CONFIG_DIR = str(Path(__file__).resolve().parents[2] / "configs")
+REPO_ROOT = Path(__file__).resolve().parents[2]
+CONFIG_DIR = str(REPO_ROOT / "configs")
 EXIT_BAD_INPUT = 2
+
+# ${repo:path} in a config: a path relative to the repository root, whatever the working
+# directory (the shared data beside the repository, ../shared/data, is named this way).
+OmegaConf.register_new_resolver("repo", lambda path: str((REPO_ROOT / path).resolve()),
+                                replace=True)
 
 Command = Callable[[DictConfig, Path], None]
 

@@ -1,0 +1,107 @@
+"""Particle images as the classifiers see them: phase-flipped (when the metadata has a CTF and
+the images are not flipped yet), Fourier-cropped to a target box, optionally low-passed, and
+normalised against the background outside the particle mask (RELION's normalisation: background
+mean 0, background standard deviation 1).
+
+Shapes: the result is ``(N, L', L') float32``; ``mask_radius`` in output pixels.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import pandas as pd
+import torch
+
+from ackmeans_torch.data.source import ImageSource
+from ackmeans_torch.errors import InputError
+from ackmeans_torch.ops.fourier import fft2c, fourier_crop, frequency_grid, ifft2c
+from ackmeans_torch.ops.polar import circular_mask
+from ackmeans_torch.sim.ctf import ctf, phase_flip
+
+_CTF_COLUMNS = ("rlnDefocusU", "rlnDefocusV", "rlnDefocusAngle", "rlnVoltage",
+                "rlnSphericalAberration", "rlnAmplitudeContrast")
+
+
+@dataclass(frozen=True)
+class Prepared:
+    """Preprocessed images ``(N, L', L')``, their pixel size (Å) and what was done to them."""
+
+    images: torch.Tensor
+    pixel_size: float
+    phase_flipped: bool
+    box_size: int
+
+
+def needs_phase_flip(particles: pd.DataFrame) -> bool:
+    """True when every CTF column is present and the images are not phase-flipped yet."""
+    if not all(c in particles for c in _CTF_COLUMNS):
+        return False
+    flipped = particles.get("rlnCtfDataArePhaseFlipped", pd.Series(0, index=particles.index))
+    return not bool((flipped.astype(int) == 1).all())
+
+
+def _flip(images: torch.Tensor, rows: pd.DataFrame, pixel_size: float) -> torch.Tensor:
+    def col(name: str, default: float = 0.0) -> np.ndarray:
+        return rows[name].to_numpy(np.float64) if name in rows else np.full(len(rows), default)
+
+    values = ctf(size=images.shape[-1], pixel_size=pixel_size, defocus_u=col("rlnDefocusU"),
+                 defocus_v=col("rlnDefocusV"), defocus_angle=col("rlnDefocusAngle"),
+                 voltage=col("rlnVoltage"), spherical_aberration=col("rlnSphericalAberration"),
+                 amplitude_contrast=col("rlnAmplitudeContrast"), phase_shift=col("rlnPhaseShift"),
+                 device=images.device)
+    return phase_flip(images, values)
+
+
+def normalise_background(images: torch.Tensor, mask_radius: float) -> torch.Tensor:
+    """Images ``(B, L, L)`` with the pixels outside ``mask_radius`` (px) at mean 0 and std 1."""
+    outside = circular_mask(images.shape[-1], mask_radius, soft_edge=0, device=images.device) == 0
+    if int(outside.sum()) < 2:
+        raise InputError(f"mask_radius={mask_radius} px leaves no background in a "
+                         f"{images.shape[-1]} px box; lower the mask diameter")
+    background = images[:, outside]
+    mean, std = background.mean(1), background.std(1)
+    return (images - mean[:, None, None]) / std.clamp_min(1e-12)[:, None, None]
+
+
+def low_pass(images: torch.Tensor, resolution: float, pixel_size: float) -> torch.Tensor:
+    """Zero every spatial frequency finer than ``resolution`` Å (a hard cut, so no frequency the
+    aligner uses is half-weighted)."""
+    ky, kx = frequency_grid(images.shape[-1], device=images.device)
+    keep = (kx**2 + ky**2).sqrt() <= pixel_size / resolution
+    return ifft2c(fft2c(images) * keep).real.to(images.dtype)
+
+
+def prepare_images(
+    source: ImageSource, *, box_size: int | None = None, mask_diameter: float | None = None,
+    lowpass_resolution: float | None = None, phase_flip_images: bool | None = None,
+    chunk_size: int = 2048, device: str | torch.device = "cpu",
+) -> Prepared:
+    """Read ``source`` chunk by chunk and preprocess (module docstring).
+
+    ``box_size``: output box (Fourier crop; None keeps it). ``mask_diameter``: particle mask in
+    Å (None: 90% of the box). ``phase_flip_images``: None = flip when the table has a CTF and
+    does not say the images are flipped. Returns images on ``device``."""
+    full = source.box_size
+    box = full if box_size is None else int(box_size)
+    if not 8 <= box <= full:
+        raise InputError(f"box_size={box_size} must be between 8 and the images' box {full} px")
+    pixel_size = source.pixel_size * full / box
+    radius = 0.45 * box if mask_diameter is None else 0.5 * mask_diameter / pixel_size
+    if not 0 < radius <= box / 2:
+        raise InputError(f"mask_diameter={mask_diameter} Å must be > 0 and fit the "
+                         f"{box * pixel_size:.1f} Å box")
+    flip = needs_phase_flip(source.particles) if phase_flip_images is None else phase_flip_images
+    if flip and not all(c in source.particles for c in _CTF_COLUMNS):
+        raise InputError(f"phase_flip=true but the particles lack CTF columns {_CTF_COLUMNS}")
+    out = []
+    for idx, images in source.chunks(chunk_size):
+        images = images.to(device)
+        if flip:
+            images = _flip(images, source.particles.iloc[idx], source.pixel_size)
+        images = fourier_crop(images, box)
+        if lowpass_resolution:
+            images = low_pass(images, lowpass_resolution, pixel_size)
+        out.append(normalise_background(images, radius))
+    return Prepared(torch.cat(out), pixel_size, flip, box)

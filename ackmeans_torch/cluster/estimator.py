@@ -1,0 +1,138 @@
+"""``ACKMeans``: the scikit-learn-like face of the clustering engine for feature tensors.
+
+>>> model = ACKMeans(n_classes=100, beta=0.5, seed=0).fit(x)     # x: (N, F) or (N, L, L)
+>>> model.labels_, model.centers_, model.n_iter_, model.history_
+
+``__init__`` only stores; ``fit`` validates, builds the size rule and runs
+:func:`ackmeans_torch.cluster.engine.fit_clusters` on squared Euclidean distances. Pipelines with
+another dissimilarity (MRA alignment) call ``fit_clusters`` with their own ``Dissimilarity``.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from ackmeans_torch.cluster.engine import SquaredEuclidean, fit_clusters
+from ackmeans_torch.cluster.init import INIT_METHODS, initial_centers
+from ackmeans_torch.cluster.penalties import (
+    EqualSize,
+    NoPenalty,
+    QuadraticPenalty,
+    SizePenalty,
+    SpiderFactor,
+)
+from ackmeans_torch.errors import InputError
+
+__all__ = ["ACKMeans", "OBJECTIVES"]
+
+OBJECTIVES = ("ack", "kmeans", "spider", "eqk", "eqk-exact")
+
+
+def _make_rule(objective: str | SizePenalty | EqualSize, beta: float) -> SizePenalty | EqualSize:
+    if isinstance(objective, (SizePenalty, EqualSize)):
+        return objective
+    rules = {"ack": lambda: QuadraticPenalty(beta=beta), "kmeans": NoPenalty,
+             "spider": SpiderFactor, "eqk": lambda: EqualSize(method="greedy"),
+             "eqk-exact": lambda: EqualSize(method="exact")}
+    if objective not in rules:
+        raise InputError(f"objective={objective!r} must be one of {OBJECTIVES} or a SizePenalty/"
+                         "EqualSize instance")
+    return rules[objective]()
+
+
+class ACKMeans:
+    """Adaptively constrained K-means (paper Eq. 1 and pseudocode) and its baselines.
+
+    Parameters (keyword-only): ``n_classes`` k; ``beta`` β ≥ 0 (paper 0.5, used by
+    ``objective="ack"``); ``objective`` one of :data:`OBJECTIVES` or a size-rule instance from
+    ``cluster/penalties.py``; ``init`` "random" (k random items, paper), "k-means++" or a
+    (K, *F) tensor; ``max_iter``; ``sigma0`` σ0 in [0, 1] (stop when the fraction of changed
+    labels σ ≤ σ0); ``batch_size`` items between size refreshes (1 = paper's sequential order);
+    ``seed`` for the CPU generator (init and the d_c probes); ``device`` (None: the input's).
+
+    Attributes after ``fit``: ``labels_`` (N,) int64, ``centers_`` (K, *F) (alias
+    ``cluster_centers_``), ``sizes_`` (K,), ``n_iter_`` (while-loop iterations after the initial
+    assignment), ``converged_``, ``inertia_`` (Σ d of the last pass), ``objective_`` (J of the
+    last pass, Eq. 1), ``history_`` (one dict per iteration: J, sigma, lambda_, d_c, sizes, ...).
+    """
+
+    def __init__(self, *, n_classes: int, beta: float = 0.5,
+                 objective: str | SizePenalty | EqualSize = "ack",
+                 init: str | Tensor = "random", max_iter: int = 100, sigma0: float = 0.0,
+                 batch_size: int = 1, chunk_size: int = 4096, seed: int = 0,
+                 device: str | torch.device | None = None) -> None:
+        self.n_classes = n_classes
+        self.beta = beta
+        self.objective = objective
+        self.init = init
+        self.max_iter = max_iter
+        self.sigma0 = sigma0
+        self.batch_size = batch_size
+        self.chunk_size = chunk_size
+        self.seed = seed
+        self.device = device
+
+    def _validate(self, x: Tensor) -> None:
+        n = x.shape[0]
+        if not (isinstance(self.n_classes, int) and self.n_classes >= 1):
+            raise InputError(f"n_classes={self.n_classes!r} must be an integer >= 1")
+        if n < self.n_classes:
+            raise InputError(f"n_items={n} should be >= n_classes={self.n_classes}; lower "
+                             "n_classes")
+        if not (isinstance(self.beta, (int, float)) and math.isfinite(self.beta)
+                and self.beta >= 0):
+            raise InputError(f"beta={self.beta!r} must be a finite number >= 0 (paper: 0.5)")
+        if not (isinstance(self.sigma0, (int, float)) and 0.0 <= self.sigma0 <= 1.0):
+            raise InputError(f"sigma0={self.sigma0!r} must be in [0, 1] (a fraction of items)")
+        for name in ("max_iter", "batch_size", "chunk_size"):
+            value = getattr(self, name)
+            if not (isinstance(value, int) and value >= 1):
+                raise InputError(f"{name}={value!r} must be an integer >= 1")
+        if isinstance(self.init, Tensor):
+            if self.init.shape != (self.n_classes, *x.shape[1:]):
+                raise InputError(f"init has shape {tuple(self.init.shape)}; expected "
+                                 f"{(self.n_classes, *x.shape[1:])} (n_classes, *item shape)")
+        elif self.init not in INIT_METHODS:
+            raise InputError(f"init={self.init!r} must be one of {INIT_METHODS} or a tensor")
+        if not bool(torch.isfinite(x).all()):
+            raise InputError("input contains NaN or inf; clean or drop those items")
+
+    def fit(self, x: Tensor | np.ndarray) -> ACKMeans:
+        """Cluster ``x`` (N, *F) float; returns self."""
+        x = torch.as_tensor(x)
+        if x.ndim < 2:
+            raise InputError(f"input must have shape (N, F) or (N, L, L); got {tuple(x.shape)}")
+        if not x.is_floating_point():
+            x = x.to(torch.float32)
+        if self.device is not None:
+            x = x.to(self.device)
+        self._validate(x)
+        rule = _make_rule(self.objective, float(self.beta))
+        provider = SquaredEuclidean(x.reshape(x.shape[0], -1))
+        generator = torch.Generator().manual_seed(self.seed)
+        if isinstance(self.init, Tensor):
+            centers = self.init.to(x.device, x.dtype).reshape(self.n_classes, -1).clone()
+        else:
+            centers = initial_centers(provider, self.n_classes, method=self.init,
+                                      generator=generator, chunk_size=self.chunk_size)
+        result = fit_clusters(provider, centers, rule=rule, max_iter=self.max_iter,
+                              sigma0=self.sigma0, batch_size=self.batch_size,
+                              chunk_size=self.chunk_size, generator=generator)
+        self.labels_ = result.labels
+        self.centers_ = result.centers.reshape(self.n_classes, *x.shape[1:])
+        self.sizes_ = result.sizes
+        self.n_iter_ = result.n_iter
+        self.converged_ = result.converged
+        self.inertia_ = result.inertia
+        self.objective_ = result.objective
+        self.history_ = result.history
+        return self
+
+    @property
+    def cluster_centers_(self) -> Tensor:
+        """scikit-learn's name for ``centers_``."""
+        return self.centers_

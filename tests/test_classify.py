@@ -1,0 +1,129 @@
+"""2D classification: the RELION pose convention of the outputs, preprocessing, recovery of the
+views of a simulated set by MRA and RFA, and the files a run writes."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import pytest
+import starfile
+import torch
+
+from ackmeans_torch.classify.mra import classify_mra, recentre
+from ackmeans_torch.classify.outputs import pose_to_relion, write_outputs
+from ackmeans_torch.classify.preprocess import needs_phase_flip, normalise_background
+from ackmeans_torch.classify.rfa import classify_rfa
+from ackmeans_torch.cluster.penalties import NoPenalty, QuadraticPenalty
+from ackmeans_torch.eval.metrics import adjusted_rand_index
+from ackmeans_torch.io.mrc import open_stack
+from ackmeans_torch.ops.align import align
+from ackmeans_torch.ops.fourier import shift_images
+from ackmeans_torch.ops.polar import circular_mask
+from ackmeans_torch.sim.project import project
+from ackmeans_torch.sim.rotations import euler_to_matrix
+from ackmeans_torch.sim.volume import phantom
+
+ALIGN = {"n_angles": 72, "max_shift": 2.0, "shift_step": 1.0}
+
+
+@pytest.fixture(scope="module")
+def views():
+    """3 well-separated views of the phantom, 12 noisy images each at random in-plane angles."""
+    g = torch.Generator().manual_seed(0)
+    base = torch.tensor([[0.0, 0.0], [90.0, 90.0], [0.0, 90.0]])
+    rot_tilt = base.repeat_interleave(12, 0)
+    psi = torch.rand(36, generator=g) * 360
+    euler = torch.cat([rot_tilt, psi[:, None]], 1).double()
+    clean = project(phantom(32), euler_to_matrix(euler).float())
+    noisy = clean + 0.5 * clean.std() * torch.randn(clean.shape, generator=g)
+    truth = np.repeat(np.arange(3), 12)
+    return noisy, truth, euler
+
+
+def test_relion_psi_and_origin_convention_matches_the_projector():
+    """A projection at psi=40° is the psi=0 projection turned by the aligner's a; pose_to_relion
+    must give back psi=40 (and the origin of a known content shift with RELION's sign)."""
+    vol = phantom(48)
+    euler = torch.tensor([[30.0, 50.0, 0.0], [30.0, 50.0, 40.0]], dtype=torch.float64)
+    p = project(vol, euler_to_matrix(euler).float())
+    shifted = shift_images(p[1:2], torch.tensor([[2.0, -1.0]]))
+    res = align(shifted, p[0:1], n_angles=360, max_shift=3, shift_step=1)
+    rel = pose_to_relion(res.angle[:, 0], res.shift[:, 0], pixel_size=2.0)
+    assert rel["rlnAnglePsi"][0] == pytest.approx(40.0, abs=0.5)
+    # content moved by (+2, -1) px -> RELION origin is minus that, in Å
+    assert rel["rlnOriginXAngst"][0] == pytest.approx(-4.0, abs=1.0)
+    assert rel["rlnOriginYAngst"][0] == pytest.approx(2.0, abs=1.0)
+
+
+def test_background_normalisation_gives_zero_mean_unit_std_outside_the_mask():
+    images = 3.0 + 2.0 * torch.randn(4, 32, 32, generator=torch.Generator().manual_seed(1))
+    out = normalise_background(images, 12.0)
+    outside = circular_mask(32, 12.0, soft_edge=0) == 0
+    assert out[:, outside].mean(1).abs().max() < 1e-5
+    assert (out[:, outside].std(1) - 1).abs().max() < 1e-5
+
+
+def test_phase_flip_needed_only_with_ctf_and_not_yet_flipped():
+    ctf = {"rlnDefocusU": [1e4], "rlnDefocusV": [1e4], "rlnDefocusAngle": [0.0],
+           "rlnVoltage": [300.0], "rlnSphericalAberration": [2.7], "rlnAmplitudeContrast": [0.1]}
+    assert needs_phase_flip(pd.DataFrame(ctf))
+    assert not needs_phase_flip(pd.DataFrame({**ctf, "rlnCtfDataArePhaseFlipped": [1]}))
+    assert not needs_phase_flip(pd.DataFrame({"rlnDefocusU": [1e4]}))
+
+
+def test_recentre_moves_the_centre_of_mass_to_the_box_centre():
+    img = torch.zeros(1, 33, 33)
+    img[0, 10:14, 20:24] = 1.0
+    out = recentre(img, torch.ones(33, 33))
+    ys, xs = torch.meshgrid(torch.arange(33.0), torch.arange(33.0), indexing="ij")
+    w = out[0].clamp_min(0)
+    assert float((w * xs).sum() / w.sum()) == pytest.approx(16, abs=0.3)
+    assert float((w * ys).sum() / w.sum()) == pytest.approx(16, abs=0.3)
+
+
+@pytest.mark.parametrize("pipeline", [classify_mra, classify_rfa])
+def test_pipelines_recover_three_views_despite_random_in_plane_angles(views, pipeline):
+    """Rotation-invariant classification: the 3 views come back as the 3 classes (ARI ≥ 0.9)."""
+    images, truth, _ = views
+    result = pipeline(images, n_classes=3, rule=QuadraticPenalty(beta=0.5), mask_radius=14,
+                      align_options=ALIGN, init="k-means++", max_iter=8, sigma0=0.0, seed=0)
+    assert adjusted_rand_index(truth, result.labels.numpy()) >= 0.9
+    assert result.averages.shape == (3, 32, 32) and int(result.sizes.sum()) == 36
+
+
+def test_mra_poses_bring_each_image_onto_its_class_average(views):
+    """The reported pose of each image is the one its class average was built with: the average
+    moved by that pose matches the image better than unmoved."""
+    images, _, _ = views
+    result = classify_mra(images, n_classes=3, rule=NoPenalty(), mask_radius=14,
+                          align_options=ALIGN, init="k-means++", max_iter=5, seed=0)
+    from ackmeans_torch.ops.transform import apply_transform
+
+    avg = result.averages[result.labels]
+    moved = apply_transform(avg, result.angle, result.shift, result.mirror)
+    mask = circular_mask(32, 14)
+    err_moved = ((images - moved) * mask).pow(2).sum((1, 2))
+    err_still = ((images - avg) * mask).pow(2).sum((1, 2))
+    assert (err_moved < err_still).float().mean() >= 0.9
+
+
+def test_outputs_are_relion_readable_and_keep_input_columns(tmp_path, views):
+    images, _, euler = views
+    result = classify_mra(images, n_classes=3, rule=NoPenalty(), mask_radius=14,
+                          align_options=ALIGN, init="k-means++", max_iter=3, seed=0)
+    particles = pd.DataFrame({"rlnImageName": [f"{i + 1:06d}@x.mrcs" for i in range(36)],
+                              "rlnImagePixelSize": 3.0, "rlnAngleTilt": euler[:, 1].numpy(),
+                              "rlnMicrographName": "mic.mrc"})
+    paths = write_outputs(tmp_path, result, particles, pixel_size=3.0)
+    star = starfile.read(paths["particles.star"])
+    parts = star["particles"]
+    assert {"rlnClassNumber", "rlnAnglePsi", "rlnOriginXAngst", "rlnOriginYAngst",
+            "rlnMicrographName", "rlnAngleTilt"} <= set(parts.columns)
+    assert parts["rlnClassNumber"].between(1, 3).all()
+    assert (parts["rlnClassNumber"].to_numpy() == result.labels.numpy() + 1).all()
+    classes = starfile.read(paths["classes.star"])
+    assert classes["rlnClassSize"].sum() == 36
+    with open_stack(paths["class_averages.mrcs"]) as stack:
+        assert len(stack) == 3 and stack.pixel_size == pytest.approx(3.0)
+    assert paths["class_gallery.png"].stat().st_size > 0
+    assert not list(tmp_path.glob(".*tmp*"))

@@ -1,0 +1,249 @@
+"""The ACK-means loop (cluster/engine.py): paper pseudocode trace, K-means equivalence, scaling,
+balance, EQK sizes, empty classes, and the distributed hooks (2 "processes" == 1)."""
+
+from __future__ import annotations
+
+import threading
+import warnings
+
+import numpy as np
+import pytest
+import torch
+from scipy.cluster.vq import kmeans2
+
+from ackmeans_torch.cluster.engine import (
+    ConvergenceWarning,
+    SquaredEuclidean,
+    characteristic_dissimilarity,
+    fit_clusters,
+)
+from ackmeans_torch.cluster.init import init_random_items
+from ackmeans_torch.cluster.penalties import EqualSize, NoPenalty, QuadraticPenalty, SpiderFactor
+from ackmeans_torch.eval.metrics import adjusted_rand_index
+
+
+def gaussian_mixture(seed, sizes, dim=50, sep=2.0, noise=3.0):
+    """Items (N, dim) float64 around len(sizes) random centres, and their true labels."""
+    g = torch.Generator().manual_seed(seed)
+    centres = torch.randn(len(sizes), dim, generator=g, dtype=torch.float64) * sep
+    truth = torch.repeat_interleave(torch.arange(len(sizes)), torch.tensor(sizes))
+    return centres[truth] + noise * torch.randn(len(truth), dim, generator=g,
+                                                dtype=torch.float64), truth
+
+
+def run(x, k, rule, *, seed=0, init=None, **kw):
+    provider = SquaredEuclidean(x)
+    g = torch.Generator().manual_seed(seed)
+    centers = init_random_items(provider, k, generator=g) if init is None else init.clone()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ConvergenceWarning)
+        return fit_clusters(provider, centers, rule=rule, generator=g, **kw)
+
+
+def paper_pseudocode(x, init_index, beta, sigma0, max_iter):
+    """The paper's ACK-means pseudocode, line by line in plain Python (1-D data, n ≤ 10 so the
+    10 random probe items of step 5 are all items and d_c is deterministic)."""
+    n, k = len(x), len(init_index)
+    mu = [x[i] for i in init_index]                                     # step 1
+    dis = lambda i, j: (x[i] - mu[j]) ** 2
+    argmin = lambda v: min(range(len(v)), key=lambda j: (v[j], j))
+
+    def update(p):                                                      # steps 3, 13
+        for j in range(k):
+            members = [x[i] for i in range(n) if p[i] == j]
+            if members:
+                mu[j] = sum(members) / len(members)
+
+    p = [argmin([dis(i, j) for j in range(k)]) for i in range(n)]        # step 2
+    update(p)
+    trace = []
+    for _ in range(max_iter):                                           # step 4
+        t = [max(dis(m, j) for j in range(k)) - min(dis(m, j) for j in range(k))
+             for m in range(n)]                                         # step 5
+        d_c = sum(t) / n                                                # step 6
+        lam = beta * d_c / 2 / (n / k)                                  # step 7
+        p_old = list(p)                                                 # step 8
+        for i in range(n):                                              # step 9
+            s = [sum(1 for m in range(n) if m != i and p[m] == l) for l in range(k)]  # step 10
+            p[i] = argmin([dis(i, j) + 2 * lam * s[j] for j in range(k)])  # step 11
+        update(p)                                                       # step 13
+        sigma = 1 - sum(a == b for a, b in zip(p_old, p)) / n           # step 14
+        trace.append((list(p), lam, d_c, sigma))
+        if sigma <= sigma0:
+            break
+    return trace
+
+
+def test_sequential_run_reproduces_paper_pseudocode_trace():
+    """batch_size=1 follows the pseudocode step for step: same labels, λ, d_c and σ in every
+    iteration on a traced 1-D example where the size term changes the K-means answer."""
+    x = [0.0, 0.3, 0.5, 0.9, 1.2, 1.4, 4.0, 4.4]
+    init_index = [0, 6]
+    trace = paper_pseudocode(x, init_index, beta=1.0, sigma0=0.0, max_iter=10)
+    xt = torch.tensor(x, dtype=torch.float64)[:, None]
+    result = run(xt, 2, QuadraticPenalty(beta=1.0), init=xt[init_index], batch_size=1,
+                 sigma0=0.0, max_iter=10)
+    assert len(result.history) - 1 == len(trace)
+    for record, (labels, lam, d_c, sigma) in zip(result.history[1:], trace):
+        assert record["lambda_"] == pytest.approx(lam, rel=1e-12)
+        assert record["d_c"] == pytest.approx(d_c, rel=1e-12)
+        assert record["sigma"] == pytest.approx(sigma)
+        assert record["sizes"] == np.bincount(labels, minlength=2).tolist()
+    assert result.labels.tolist() == trace[-1][0]
+    # K-means' answer is {0..5} vs {6, 7}; the size term moves items to the small class.
+    assert trace[-1][0] != [0, 0, 0, 0, 0, 0, 1, 1]
+
+
+def test_beta_zero_equals_kmeans_and_scipy_lloyd():
+    """β = 0 gives the same labels as the K-means rule and as scipy's kmeans2 (Lloyd) from the
+    same initial centres; centres agree to 1e-10 (float64)."""
+    x, _ = gaussian_mixture(0, [60] * 5, dim=8)
+    g = torch.Generator().manual_seed(3)
+    init = init_random_items(SquaredEuclidean(x), 5, generator=g)
+    ack0 = run(x, 5, QuadraticPenalty(beta=0.0), init=init, batch_size=1, max_iter=100)
+    km = run(x, 5, NoPenalty(), init=init, max_iter=100)
+    assert ack0.converged and km.converged
+    assert torch.equal(ack0.labels, km.labels)
+    # kmeans2 runs exactly `iter` Lloyd steps; ours = initial step + n_iter loop steps.
+    centres, labels = kmeans2(x.numpy(), init.numpy(), iter=km.n_iter + 1, minit="matrix")
+    assert labels.tolist() == km.labels.tolist()
+    np.testing.assert_allclose(km.centers.numpy(), centres, atol=1e-10)
+
+
+def test_large_beta_gives_near_equal_sizes():
+    """β = 50 on a 3:1:1 mixture: every class within 2% of n/k."""
+    x, _ = gaussian_mixture(1, [300, 100, 100], dim=5, sep=3.0, noise=1.0)
+    result = run(x, 3, QuadraticPenalty(beta=50.0), batch_size=1, max_iter=50)
+    sizes = result.sizes.to(torch.float64)
+    assert (sizes - 500 / 3).abs().max() <= 0.02 * 500 / 3, sizes
+
+
+@pytest.mark.parametrize("scale", [1e-3, 1e3])
+def test_ack_labels_invariant_to_data_scale(scale):
+    """Scaling the data by c scales d and d_c by c²: identical labels and history λ·c^-2."""
+    x, _ = gaussian_mixture(2, [80, 50, 40, 30], dim=6, noise=2.0)
+    a = run(x, 4, QuadraticPenalty(beta=0.5), batch_size=1, max_iter=30)
+    b = run(x * scale, 4, QuadraticPenalty(beta=0.5), batch_size=1, max_iter=30)
+    assert torch.equal(a.labels, b.labels)
+    assert b.history[-1]["lambda_"] == pytest.approx(a.history[-1]["lambda_"] * scale**2)
+
+
+def test_ack_prevents_swallowing_without_losing_purity():
+    """10 equal-size noisy Gaussian clusters in 50-D, 6 seeds (same init for both rules): K-means
+    lets one class swallow another in some seeds (a class ≥ 1.5·n/k); ACK-means (β = 0.5) keeps
+    every class within 10% of n/k, never loses more than 0.005 ARI and gains ≥ 0.03 on average."""
+    ari_km, ari_ack, max_km = [], [], []
+    for seed in range(6):
+        x, truth = gaussian_mixture(seed, [200] * 10)
+        km = run(x, 10, NoPenalty(), seed=seed, max_iter=100)
+        ack = run(x, 10, QuadraticPenalty(beta=0.5), seed=seed, batch_size=32, max_iter=100)
+        ari_km.append(adjusted_rand_index(km.labels, truth))
+        ari_ack.append(adjusted_rand_index(ack.labels, truth))
+        max_km.append(max(km.sizes))
+        assert max(ack.sizes) <= 220 and min(ack.sizes) >= 180, ack.sizes
+        assert ari_ack[-1] >= ari_km[-1] - 0.005
+    assert max(max_km) >= 300
+    assert np.mean(ari_ack) >= np.mean(ari_km) + 0.03, (ari_km, ari_ack)
+
+
+def test_batched_close_to_sequential():
+    """Batches of 32 reach the sequential result (ARI ≥ 0.98 between them, Σd within 0.5%; J
+    itself also carries λ ∝ d_c, which is noisy: d_c comes from 10 random items per iteration);
+    one batch of all items (sizes refreshed once per pass) does not: it oscillates."""
+    x, _ = gaussian_mixture(0, [200] * 10)
+    seq = run(x, 10, QuadraticPenalty(beta=0.5), batch_size=1, max_iter=100)
+    bat = run(x, 10, QuadraticPenalty(beta=0.5), batch_size=32, max_iter=100)
+    assert adjusted_rand_index(seq.labels, bat.labels) >= 0.98
+    assert bat.inertia == pytest.approx(seq.inertia, rel=0.005)
+    full = run(x, 10, QuadraticPenalty(beta=0.5), batch_size=2000, max_iter=20)
+    assert not full.converged
+
+
+def test_eqk_gives_exactly_equal_sizes():
+    """EQK-means on 103 items, k=10: seven classes of 10 and three of 11, every iteration."""
+    x, _ = gaussian_mixture(4, [50, 30, 23], dim=4)
+    for method in ("greedy", "exact"):
+        result = run(x, 10, EqualSize(method=method), max_iter=20)
+        for record in result.history:
+            assert sorted(record["sizes"]) == [10] * 7 + [11] * 3
+
+
+def test_spider_never_empties_a_class():
+    """SPIDER's factor keeps singletons; on a tight+outlier set no class empties."""
+    x, _ = gaussian_mixture(5, [100, 5], dim=3, sep=4.0, noise=0.5)
+    result = run(x, 6, SpiderFactor(), batch_size=1, max_iter=50)
+    assert all(r["n_empty"] == 0 for r in result.history)
+
+
+def test_empty_class_keeps_centroid_and_warns():
+    """K-means with an initial centre far from all data: that class never gets an item; its
+    centroid stays as it was (no 0/0 NaN), history counts it and a ConvergenceWarning says so."""
+    x, _ = gaussian_mixture(6, [30, 30], dim=2)
+    far = torch.full_like(x[0], 1e3)
+    init = torch.stack([x[0], far, x[40]])
+    with pytest.warns(ConvergenceWarning, match="1 of 3 classes ended empty"):
+        result = fit_clusters(SquaredEuclidean(x), init, rule=NoPenalty(),
+                              generator=torch.Generator().manual_seed(0))
+    assert torch.isfinite(result.centers).all()
+    assert result.history[-1]["n_empty"] == 1
+    torch.testing.assert_close(result.centers[1], far)
+
+
+def test_nan_input_is_reported_not_propagated():
+    """A NaN item raises a ValueError naming the batch instead of silently producing NaN."""
+    x, _ = gaussian_mixture(7, [20, 20], dim=2)
+    x[5, 0] = float("nan")
+    with pytest.raises(ValueError, match="non-finite dissimilarity"):
+        run(x, 2, QuadraticPenalty(beta=0.5), init=x[[0, 30]].nan_to_num())
+
+
+def test_characteristic_dissimilarity_hand_computed():
+    """d_c for 1-D items {0, 1, 3} and centres {0, 2}: t = (4−0, 1−1, 9−1) → mean 4."""
+    x = torch.tensor([[0.0], [1.0], [3.0]], dtype=torch.float64)
+    d_c = characteristic_dissimilarity(SquaredEuclidean(x), torch.tensor([[0.0], [2.0]],
+                                       dtype=torch.float64), generator=torch.Generator())
+    assert float(d_c) == pytest.approx(4.0)
+
+
+class ThreadReduce:
+    """Sum-all-reduce across P threads: a stand-in for torch.distributed in one process."""
+
+    def __init__(self, world):
+        self.world, self.slots, self.barrier = world, [None] * world, threading.Barrier(world)
+
+    def for_rank(self, rank):
+        def reduce(stats):
+            self.slots[rank] = stats
+            self.barrier.wait()
+            total = {key: sum(slot[key] for slot in self.slots) for key in stats}
+            self.barrier.wait()
+            return total
+        return reduce
+
+
+@pytest.mark.parametrize("batch_size", [1, 16])
+def test_two_processes_equal_one_process(batch_size):
+    """With shard = every other item of each global batch and reduce = sum over 2 ranks, both
+    ranks return the labels and sizes of the 1-process run; centres equal to 1e-12 (float64;
+    only the summation order of the class sums differs)."""
+    x, _ = gaussian_mixture(8, [40, 25, 15], dim=4)
+    init = x[[0, 41, 70]]
+    single = run(x, 3, QuadraticPenalty(beta=0.5), init=init, batch_size=batch_size,
+                 max_iter=15, chunk_size=32)
+    hub, results = ThreadReduce(2), [None, None]
+
+    def worker(rank):
+        results[rank] = run(x, 3, QuadraticPenalty(beta=0.5), init=init, batch_size=batch_size,
+                            max_iter=15, chunk_size=32, shard=lambda idx: idx[rank::2],
+                            reduce=hub.for_rank(rank))
+
+    threads = [threading.Thread(target=worker, args=(r,)) for r in range(2)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    for res in results:
+        assert torch.equal(res.labels, single.labels)
+        assert res.sizes.tolist() == single.sizes.tolist()
+        assert res.n_iter == single.n_iter
+        torch.testing.assert_close(res.centers, single.centers, rtol=0, atol=1e-12)
