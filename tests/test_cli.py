@@ -44,7 +44,7 @@ def test_unknown_command_is_one_line_exit_2():
 
 
 def test_unknown_config_key_is_one_line_exit_2(tmp_path):
-    out = run_cli("simulate", "views.n_centre=3", f"out_dir={tmp_path / 'run'}")
+    out = run_cli("simulate", "sim.views.n_centre=3", f"out_dir={tmp_path / 'run'}")
     assert out.returncode == 2, out.stderr
     assert out.stderr.strip().count("\n") == 0
     assert "n_centre" in out.stderr
@@ -53,20 +53,45 @@ def test_unknown_config_key_is_one_line_exit_2(tmp_path):
 
 def test_run_directory_records_config_version_and_command(tmp_path):
     run = tmp_path / "run"
-    out = run_cli("simulate", "views.n_centres=2", "views.per_centre=3", "volume.phantom_box=24",
+    out = run_cli("simulate", "sim.views.n_centres=2", "sim.views.per_centre=3", "sim.volume.phantom_box=24",
                   f"out_dir={run}")
     assert out.returncode == 0, out.stderr
     cfg = yaml.safe_load((run / "config.yaml").read_text())
-    assert cfg["views"]["n_centres"] == 2 and cfg["out_dir"] == str(run)
+    assert cfg["sim"]["views"]["n_centres"] == 2 and cfg["out_dir"] == str(run)
     info = yaml.safe_load((run / "run_info.yaml").read_text())
     assert info["version"]
-    assert "views.n_centres=2" in info["command"] and info["command"].startswith("ackmeans-torch simulate")
+    assert "sim.views.n_centres=2" in info["command"] and info["command"].startswith("ackmeans-torch simulate")
 
 
 def test_missing_input_file_is_one_line_exit_2_and_nothing_written(tmp_path):
     run = tmp_path / "run"
-    out = run_cli("simulate", f"volume.path={tmp_path / 'nope.mrc'}", f"out_dir={run}")
+    out = run_cli("simulate", f"sim.volume.path={tmp_path / 'nope.mrc'}", f"out_dir={run}")
     assert out.returncode == 2
     assert out.stderr.strip().count("\n") == 0 and "nope.mrc" in out.stderr
     assert "Traceback" not in out.stderr
     assert not list(run.glob("*.mrcs")) and not list(run.glob("*.star"))
+
+
+def test_classify_then_evaluate_on_the_builtin_simulated_set(tmp_path):
+    """The main job end to end on a tiny built-in set: every output is written, and evaluate
+    reads the classified STAR back and scores it against the truth kept in it."""
+    run = tmp_path / "cls"
+    out = run_cli("classify", "sim.views.n_centres=3", "sim.views.per_centre=6",
+                  "sim.volume.phantom_box=32", "n_classes=3", "max_iter=3",
+                  "align.n_angles=36", "align.max_shift=1", f"out_dir={run}")
+    assert out.returncode == 0, out.stderr
+    for name in ("particles.star", "class_averages.mrcs", "classes.star", "history.csv",
+                 "class_gallery.png", "class_sizes.png", "angular_distances.png", "summary.json"):
+        assert (run / name).is_file(), name
+    ev = tmp_path / "ev"
+    out = run_cli("evaluate", f"evaluate.runs=[{run}]", f"out_dir={ev}")
+    assert out.returncode == 0, out.stderr
+    table = (ev / "class_metrics.tsv").read_text().splitlines()
+    assert table[0].startswith("run\tmedian_angle") and len(table) == 2
+
+
+def test_classify_missing_particle_file_is_one_line_exit_2(tmp_path):
+    out = run_cli("classify", "data=file", f"data.path={tmp_path / 'gone.star'}",
+                  f"out_dir={tmp_path / 'run'}")
+    assert out.returncode == 2
+    assert out.stderr.strip().count("\n") == 0 and "gone.star" in out.stderr

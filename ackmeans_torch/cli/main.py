@@ -12,9 +12,12 @@ import sys
 # command -> (module, one-line summary); the module's ``main`` is a hydra_command.
 COMMANDS = {
     "simulate": ("ackmeans_torch.cli.simulate", "simulate particle images with known poses, CTF and noise"),
+    "classify": ("ackmeans_torch.cli.classify", "2D classification: MRA/RFA with ACK-means and its baselines"),
+    "consensus": ("ackmeans_torch.cli.consensus", "consensus particle picking over several pickers (REPIC)"),
+    "evaluate": ("ackmeans_torch.cli.evaluate", "score classifications or picks against a reference"),
 }
 
-USAGE = "usage: ackmeans-torch <command> [key=value ...] [--help] [--multirun]"
+USAGE = "usage: ackmeans-torch <command> [--help] [--multirun] [key=value ...]"
 
 
 def _help() -> str:

@@ -1,0 +1,108 @@
+"""Consensus particle picking (one-shot REPIC): k pickers' coordinate files → per-micrograph
+consensus BOX and RELION coordinate STAR, ``summary.tsv``, ``confidences.png`` and, with
+micrograph images, overlay PNGs.
+
+Examples::
+
+    ackmeans-torch consensus pickers='[crYOLO/,deepPicker/,topaz/]' box_size=180
+    ackmeans-torch consensus pickers='[a/,b/,c/]' box_size=180 min_pickers=2 top=300
+    ackmeans-torch consensus pickers='[a/,b/,c/]' box_size=180 repic_compat=true   # REPIC 0.2.1
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import pandas as pd
+from omegaconf import DictConfig, ListConfig
+
+from ackmeans_torch.cli.app import hydra_command
+from ackmeans_torch.errors import InputError
+from ackmeans_torch.io.atomic import atomic_output
+from ackmeans_torch.io.coords import write_box, write_relion_star
+from ackmeans_torch.picking.consensus import MicrographConsensus, PickerData, load_pickers, run_consensus
+from ackmeans_torch.picking.plots import IMAGE_SUFFIXES, plot_overlay, plot_sorted_confidence, read_micrograph_image
+
+log = logging.getLogger(__name__)
+
+
+def picker_sources(pickers: object) -> dict[str, str]:
+    """``pickers`` config (a list of folders, named by folder name, or a name → folder mapping)
+    → ordered ``{name: folder}``."""
+    if isinstance(pickers, DictConfig):
+        out = {str(k): str(v) for k, v in pickers.items()}
+    elif isinstance(pickers, ListConfig):
+        out = {}
+        for src in pickers:
+            name = Path(str(src)).name or str(src)
+            if name in out:
+                raise InputError(f"pickers: two folders named {name!r}; give a mapping name: folder instead")
+            out[name] = str(src)
+    else:
+        raise InputError("pickers must be a list of folders, e.g. pickers='[crYOLO/,topaz/]', or a mapping")
+    if len(out) < 2:
+        raise InputError(f"pickers: consensus needs at least 2 pickers; got {len(out)}")
+    return out
+
+
+def summary_table(results: list[MicrographConsensus], pickers: list[str]) -> pd.DataFrame:
+    """One row per micrograph: boxes per picker, cliques, selected, objective, status, time."""
+    rows = []
+    for r in results:
+        row = {"micrograph": r.stem}
+        row.update({f"boxes_{n}": ("" if c is None else c) for n, c in r.n_boxes.items()})
+        row.update(cliques=r.n_cliques, selected=len(r.picks), objective=round(r.objective, 6),
+                   status=r.status, gap=round(r.gap, 6), ilp_components=r.ilp_components,
+                   seconds=round(r.seconds, 4), error=r.error or "")
+        rows.append(row)
+    return pd.DataFrame(rows)
+
+
+def write_outputs(run_dir: Path, data: PickerData, results: list[MicrographConsensus], *,
+                  micrographs: str | None, image_y_flipped: str | bool) -> None:
+    """BOX + STAR per processed micrograph, the summary, the confidence plot and overlays."""
+    for r in results:
+        if r.status == "skipped":
+            log.warning("skipped %s: %s", r.stem, r.error)
+            continue
+        write_box(run_dir / "box" / f"{r.stem}.box", r.picks)
+        write_relion_star(run_dir / "star" / f"{r.stem}.star", r.picks)
+    with atomic_output(run_dir / "summary.tsv") as tmp:
+        summary_table(results, data.pickers).to_csv(tmp, sep="\t", index=False)
+    plot_sorted_confidence([r.picks.scores for r in results if r.status != "skipped"], run_dir / "confidences.png")
+    if micrographs is None:
+        return
+    folder = Path(micrographs)
+    if not folder.is_dir():
+        raise InputError(f"micrographs={folder} is not a folder of micrograph images")
+    images = {p.stem: p for p in sorted(folder.iterdir()) if p.suffix.lower() in IMAGE_SUFFIXES}
+    for r in results:
+        if r.stem in images and r.status != "skipped":
+            path = images[r.stem]
+            flipped = path.suffix.lower() != ".mrc" if image_y_flipped == "auto" else bool(image_y_flipped)
+            plot_overlay(read_micrograph_image(path), data.picks[r.stem], r.picks,
+                         run_dir / "overlays" / f"{r.stem}.png", image_y_flipped=flipped, title=r.stem)
+
+
+@hydra_command("consensus")
+def main(cfg: DictConfig, run_dir: Path) -> None:
+    sources = picker_sources(cfg.pickers)
+    formats = cfg.formats if isinstance(cfg.formats, str) else dict(zip(sources, map(str, cfg.formats)))
+    if not isinstance(formats, str) and len(formats) != len(sources):
+        raise InputError(f"formats: {len(cfg.formats)} entries for {len(sources)} pickers; give one per picker")
+    data = load_pickers(sources, formats=formats, box_size=cfg.box_size, skip_bad=cfg.skip_bad_micrographs)
+    results = run_consensus(
+        data, threshold=cfg.threshold, min_pickers=cfg.min_pickers, box_size=cfg.box_size,
+        score_norm=cfg.score_norm, consensus_box=cfg.consensus_box, repic_compat=cfg.repic_compat,
+        time_limit=cfg.time_limit, top=cfg.top, device=cfg.device)
+    write_outputs(run_dir, data, results, micrographs=cfg.micrographs, image_y_flipped=cfg.image_y_flipped)
+    done = [r for r in results if r.status != "skipped"]
+    log.info("%d micrographs, %d consensus particles, %d skipped; outputs in %s", len(done),
+             sum(len(r.picks) for r in done), len(results) - len(done), run_dir)
+    print(f"consensus: {len(done)} micrographs, {sum(len(r.picks) for r in done)} particles, "
+          f"{len(results) - len(done)} skipped -> {run_dir}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,77 @@
+"""The consensus and evaluate-picks commands end to end, in a subprocess."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from ackmeans_torch.io.coords import PickSet, read_box, read_relion_star, write_box
+
+PICKERS = ("crYOLO", "deepPicker", "topaz")
+STEM = "Falcon_2012_06_12-14_33_35_0"
+
+
+def _run(command: str, *overrides: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "ackmeans_torch.cli.main", command, *overrides],
+                          capture_output=True, text=True, timeout=300)
+
+
+@pytest.mark.slow  # two subprocesses on 12 real micrographs and a 4096² overlay: ~45 s here
+def test_consensus_on_empiar10017_then_evaluate(shared_data: Path, tmp_path: Path) -> None:
+    """Real data: 12 micrographs → BOX + STAR per micrograph (same particles in both), a summary
+    with 12 optimal rows, the confidence plot and one overlay; then `evaluate evaluate=picks`
+    scores the consensus against the expert set (match precision > 0.8 as in the README)."""
+    d = shared_data / "picking" / "empiar10017"
+    out = tmp_path / "cons"
+    r = _run("consensus", f"pickers=[{','.join(str(d / p) for p in PICKERS)}]", "box_size=180",
+             f"micrographs={d / 'micrographs'}", f"out_dir={out}")
+    assert r.returncode == 0, r.stderr
+    summary = pd.read_csv(out / "summary.tsv", sep="\t")
+    assert len(summary) == 12 and set(summary.status) == {"optimal"}
+    row = summary.set_index("micrograph").loc[STEM]
+    assert row.boxes_crYOLO == 719 and row.selected == 242
+    box, star = read_box(out / "box" / f"{STEM}.box"), read_relion_star(out / "star" / f"{STEM}.star", box_size=180)
+    assert len(box) == len(star) == 242
+    np.testing.assert_allclose(box.centres, star.centres, atol=0.5)
+    assert (out / "confidences.png").stat().st_size > 0 and (out / "overlays" / f"{STEM}.png").exists()
+    ev = tmp_path / "ev"
+    r = _run("evaluate", "evaluate=picks", f"evaluate.picks=[{out / 'box'},{d / 'crYOLO'}]",
+             f"evaluate.reference={d / 'ground_truth'}", "evaluate.flip_y=4096", "evaluate.radius=54",
+             "evaluate.reference_box_size=180", "evaluate.micrograph_shape=[4096,4096]", f"out_dir={ev}")
+    assert r.returncode == 0, r.stderr
+    table = pd.read_csv(ev / "pick_metrics.tsv", sep="\t")
+    total = table[(table.micrograph == "TOTAL") & (table.method == "match")].set_index("picks")
+    assert total.loc["cons/box", "precision"] > 0.8 and total.loc["crYOLO", "precision"] > 0.85
+
+
+def test_consensus_synthetic_top_and_min_pickers(tmp_path: Path) -> None:
+    """Tiny synthetic files: 2 of 3 pickers agree on 3 particles; min_pickers=2 keeps them and
+    top=2 keeps the 2 most confident, sorted by confidence."""
+    xy = np.array([[200.0, 200.0], [600.0, 200.0], [200.0, 600.0]])
+    for i, name in enumerate(("p", "q", "r")):
+        pts = xy + 3 * i if name != "r" else np.array([[1500.0, 1500.0]])
+        write_box(tmp_path / name / "mic.box", PickSet(pts, np.full(len(pts), 100.0), np.array([0.9, 0.5, 0.7])[:len(pts)]))
+    out = tmp_path / "out"
+    r = _run("consensus", f"pickers=[{tmp_path / 'p'},{tmp_path / 'q'},{tmp_path / 'r'}]", "min_pickers=2", "top=2",
+             f"out_dir={out}")
+    assert r.returncode == 0, r.stderr
+    got = read_box(out / "box" / "mic.box")
+    assert len(got) == 2 and got.scores[0] >= got.scores[1]
+
+
+def test_bad_input_exits_2_with_one_line_and_writes_nothing(tmp_path: Path) -> None:
+    """Bad input: a picker folder that does not exist → exit 2, one line on stderr naming it, and
+    no BOX/STAR/summary written."""
+    (tmp_path / "a").mkdir()
+    (tmp_path / "a" / "m.box").write_text("0 0 10 10 1\n")
+    out = tmp_path / "out"
+    r = _run("consensus", f"pickers=[{tmp_path / 'a'},{tmp_path / 'missing'}]", f"out_dir={out}")
+    assert r.returncode == 2
+    lines = r.stderr.strip().splitlines()
+    assert len(lines) == 1 and "missing" in lines[0] and "does not exist" in lines[0]
+    assert not (out / "summary.tsv").exists() and not (out / "box").exists()
