@@ -10,7 +10,15 @@ import pytest
 import torch
 
 from ackmeans_torch.errors import InputError
-from ackmeans_torch.ops.align import align, align_brute_force
+from ackmeans_torch.ops.align import (
+    _even_odd_order,
+    _half_spectra,
+    _natural_order,
+    align,
+    align_brute_force,
+    plan_chunks,
+)
+from ackmeans_torch.ops.polar import angular_spectrum
 from ackmeans_torch.ops.polar import circular_mask
 from ackmeans_torch.ops.transform import apply_transform
 from ackmeans_torch.sim.noise import add_gaussian_noise, noise_sigma
@@ -121,6 +129,37 @@ def test_chunking_and_best_mode_agree_with_one_chunk():
     assert torch.allclose(best.distance, whole.distances[i, j])
     assert torch.allclose(best.angle, whole.angle[i, j])
     assert torch.equal(best.mirror, whole.mirror[i, j])
+
+
+def test_reference_chunks_agree_with_one_chunk():
+    """Chunking invariance over references: a budget that plans one image and two of the five
+    references (×2 columns with mirrors) per chunk gives the same N×K result as one chunk."""
+    references = _projections(phantom(L), 5, seed=8)
+    images = _projections(phantom(L), 2, seed=9)
+    sampling = dict(SAMPLING, max_shift=1.0, mirror=True)
+    budget = 820_000
+    assert plan_chunks(
+        n_radii=L // 2, n_angles=M, n_shifts=9, n_references=5, columns_per_reference=2, itemsize=4,
+        memory_bytes=budget,
+    ) == (1, 2)
+    whole = align(images, references, memory_bytes=2**30, **sampling)
+    chunked = align(images, references, memory_bytes=budget, **sampling)
+    for name in ("distances", "angle", "shift", "mirror"):
+        assert torch.allclose(getattr(whole, name).float(), getattr(chunked, name).float(), atol=1e-5)
+
+
+@pytest.mark.parametrize("n_angles", [10, 12, 128])
+def test_half_length_spectra_equal_the_full_circle_fft(n_angles):
+    """Known answer: the two length-M/2 FFTs (even-odd order) times the factors that
+    _even_odd_order puts on the references equal the full-circle angular spectrum for n = 0 … M/2,
+    for M/2 even and odd."""
+    g = torch.Generator().manual_seed(14)
+    values = torch.randn(3, 5, n_angles // 2, dtype=torch.complex128, generator=g)
+    twiddle = torch.exp(-2j * math.pi * torch.arange(n_angles // 2, dtype=torch.float64) / n_angles)
+    freqs = n_angles // 2 + 1
+    half = _half_spectra(values, twiddle, values.new_empty((3, 5, freqs)))
+    scale = _even_odd_order(torch.ones(freqs, 1, 1, dtype=torch.complex128))[:, 0, 0]
+    assert torch.allclose(_natural_order(half * scale), angular_spectrum(values), atol=1e-12)
 
 
 def test_ncc_is_scale_invariant_and_zero_for_a_transformed_copy():
