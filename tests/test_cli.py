@@ -95,3 +95,9 @@ def test_classify_missing_particle_file_is_one_line_exit_2(tmp_path):
                   f"out_dir={tmp_path / 'run'}")
     assert out.returncode == 2
     assert out.stderr.strip().count("\n") == 0 and "gone.star" in out.stderr
+
+
+def test_classify_unknown_trainer_strategy_is_one_line_exit_2(tmp_path):
+    out = run_cli("classify", "trainer.strategy=fsdp", f"out_dir={tmp_path / 'run'}")
+    assert out.returncode == 2, out.stderr
+    assert out.stderr.strip().count("\n") == 0 and "trainer.strategy='fsdp'" in out.stderr

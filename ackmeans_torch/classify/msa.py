@@ -12,6 +12,9 @@
    the current classes; new averages from the aligned images (re-centred, masked).
 Poses are finally recomputed against each image's own class average, so the reported pose is the
 one that average is built with.
+
+This pipeline chains several engine runs, so it runs in one process and cannot resume from a
+checkpoint (``pipeline=mra`` or ``rfa`` can); it says so rather than running wrongly.
 """
 
 from __future__ import annotations
@@ -19,10 +22,13 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
+from ackmeans_torch.classify.distributed import RunHooks
 from ackmeans_torch.classify.mra import recentre
 from ackmeans_torch.classify.outputs import Classification
+from ackmeans_torch.classify.preprocess import PreparedImages
 from ackmeans_torch.cluster.engine import SquaredEuclidean, fit_clusters
 from ackmeans_torch.cluster.init import initial_centers
+from ackmeans_torch.errors import InputError
 from ackmeans_torch.ops.align import align
 from ackmeans_torch.ops.polar import circular_mask, polar_transform
 from ackmeans_torch.ops.transform import apply_transform
@@ -73,12 +79,23 @@ def _averages(images: Tensor, labels: Tensor, poses: dict[str, Tensor], mask: Te
     return recentre(sums / counts[:, None, None], mask) * mask
 
 
-def classify_msa_mra(images: Tensor, *, n_classes: int, rule, mask_radius: float,
-                     align_options: dict, n_components: int = 20, n_rounds: int = 4,
-                     init: str = "random", max_iter: int = 20, sigma0: float = 0.01,
-                     batch_size: int = 1, chunk_size: int = 4096, seed: int = 0) -> Classification:
-    """MSA/MRA classification of preprocessed ``images (N, L, L)`` (module docstring).
-    ``max_iter``/``sigma0`` bound each clustering; ``n_rounds`` MRA rounds follow the MSA start."""
+def classify_msa_mra(images: Tensor | PreparedImages, *, n_classes: int, rule,
+                     mask_radius: float, align_options: dict, n_components: int = 20,
+                     n_rounds: int = 4, init: str = "random", max_iter: int = 20,
+                     sigma0: float = 0.01, batch_size: int = 1, chunk_size: int = 4096,
+                     seed: int = 0, hooks: RunHooks | None = None) -> Classification:
+    """MSA/MRA classification of preprocessed ``images (N, L, L)`` (module docstring; the
+    pipelines' common signature, ``classify/mra.py``). ``max_iter``/``sigma0`` bound each
+    clustering; ``n_rounds`` MRA rounds follow the MSA start."""
+    hooks = hooks or RunHooks()
+    if isinstance(images, PreparedImages):
+        images = images.materialise()
+    if hooks.resume is not None:
+        raise InputError("pipeline=msa_mra cannot resume from a checkpoint; use pipeline=mra "
+                         "or rfa, or start afresh (resume=false)")
+    if len(hooks.shard(torch.arange(len(images)))) != len(images):
+        raise InputError("pipeline=msa_mra runs in one process; use trainer=cpu/gpu, or "
+                         "pipeline=mra for trainer=ddp")
     generator = torch.Generator().manual_seed(seed)
     mask = circular_mask(images.shape[-1], mask_radius, device=images.device, dtype=images.dtype)
     n_angles = align_options.get("n_angles", 128)

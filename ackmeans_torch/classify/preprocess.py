@@ -4,11 +4,14 @@ normalised against the background outside the particle mask (RELION's normalisat
 mean 0, background standard deviation 1).
 
 Shapes: the result is ``(N, L', L') float32``; ``mask_radius`` in output pixels.
+
+:class:`PreparedImages` applies all of it per chunk on the fly, so a classifier can read a
+memory-mapped stack larger than memory a chunk at a time (issue 7: nothing N×L×L is cached);
+``materialise()`` gives the in-memory tensor for data that fits. Every step works on each image
+alone, so both give the same pixels.
 """
 
 from __future__ import annotations
-
-from dataclasses import dataclass
 
 import numpy as np
 import pandas as pd
@@ -22,16 +25,6 @@ from ackmeans_torch.sim.ctf import ctf, phase_flip
 
 _CTF_COLUMNS = ("rlnDefocusU", "rlnDefocusV", "rlnDefocusAngle", "rlnVoltage",
                 "rlnSphericalAberration", "rlnAmplitudeContrast")
-
-
-@dataclass(frozen=True)
-class Prepared:
-    """Preprocessed images ``(N, L', L')``, their pixel size (Å) and what was done to them."""
-
-    images: torch.Tensor
-    pixel_size: float
-    phase_flipped: bool
-    box_size: int
 
 
 def needs_phase_flip(particles: pd.DataFrame) -> bool:
@@ -73,35 +66,61 @@ def low_pass(images: torch.Tensor, resolution: float, pixel_size: float) -> torc
     return ifft2c(fft2c(images) * keep).real.to(images.dtype)
 
 
-def prepare_images(
-    source: ImageSource, *, box_size: int | None = None, mask_diameter: float | None = None,
-    lowpass_resolution: float | None = None, phase_flip_images: bool | None = None,
-    chunk_size: int = 2048, device: str | torch.device = "cpu",
-) -> Prepared:
-    """Read ``source`` chunk by chunk and preprocess (module docstring).
+class PreparedImages:
+    """``source`` as the classifiers see it (module docstring), read on demand.
 
-    ``box_size``: output box (Fourier crop; None keeps it). ``mask_diameter``: particle mask in
-    Å (None: 90% of the box). ``phase_flip_images``: None = flip when the table has a CTF and
-    does not say the images are flipped. Returns images on ``device``."""
-    full = source.box_size
-    box = full if box_size is None else int(box_size)
-    if not 8 <= box <= full:
-        raise InputError(f"box_size={box_size} must be between 8 and the images' box {full} px")
-    pixel_size = source.pixel_size * full / box
-    radius = 0.45 * box if mask_diameter is None else 0.5 * mask_diameter / pixel_size
-    if not 0 < radius <= box / 2:
-        raise InputError(f"mask_diameter={mask_diameter} Å must be > 0 and fit the "
-                         f"{box * pixel_size:.1f} Å box")
-    flip = needs_phase_flip(source.particles) if phase_flip_images is None else phase_flip_images
-    if flip and not all(c in source.particles for c in _CTF_COLUMNS):
-        raise InputError(f"phase_flip=true but the particles lack CTF columns {_CTF_COLUMNS}")
-    out = []
-    for idx, images in source.chunks(chunk_size):
-        images = images.to(device)
-        if flip:
-            images = _flip(images, source.particles.iloc[idx], source.pixel_size)
-        images = fourier_crop(images, box)
-        if lowpass_resolution:
-            images = low_pass(images, lowpass_resolution, pixel_size)
-        out.append(normalise_background(images, radius))
-    return Prepared(torch.cat(out), pixel_size, flip, box)
+    ``box_size``: output box L' (Fourier crop; None keeps it). ``mask_diameter``: particle mask
+    in Å (None: 90% of the box). ``phase_flip_images``: None = flip when the table has a CTF and
+    does not say the images are flipped. ``device``: where :meth:`read` puts the images.
+    Attributes: ``box_size`` L', ``pixel_size`` Å, ``mask_radius`` px (both of the output box),
+    ``phase_flipped``; ``len()`` is N and ``shape`` is ``(N, L', L')``.
+    """
+
+    def __init__(self, source: ImageSource, *, box_size: int | None = None,
+                 mask_diameter: float | None = None, lowpass_resolution: float | None = None,
+                 phase_flip_images: bool | None = None,
+                 device: str | torch.device = "cpu") -> None:
+        full = source.box_size
+        box = full if box_size is None else int(box_size)
+        if not 8 <= box <= full:
+            raise InputError(f"box_size={box_size} must be between 8 and the images' box "
+                             f"{full} px")
+        pixel_size = source.pixel_size * full / box
+        radius = 0.45 * box if mask_diameter is None else 0.5 * mask_diameter / pixel_size
+        if not 0 < radius <= box / 2:
+            raise InputError(f"mask_diameter={mask_diameter} Å must be > 0 and fit the "
+                             f"{box * pixel_size:.1f} Å box")
+        flip = (needs_phase_flip(source.particles) if phase_flip_images is None
+                else phase_flip_images)
+        if flip and not all(c in source.particles for c in _CTF_COLUMNS):
+            raise InputError(f"phase_flip=true but the particles lack CTF columns {_CTF_COLUMNS}")
+        self.source, self.box_size, self.pixel_size = source, box, pixel_size
+        self.mask_radius, self.phase_flipped = radius, flip
+        self.lowpass_resolution, self.device = lowpass_resolution, torch.device(device)
+
+    def __len__(self) -> int:
+        return len(self.source)
+
+    @property
+    def shape(self) -> tuple[int, int, int]:
+        return (len(self), self.box_size, self.box_size)
+
+    def read(self, index: torch.Tensor | np.ndarray) -> torch.Tensor:
+        """Preprocessed images at 0-based ``index (B,)`` → ``(B, L', L') float32`` on ``device``."""
+        index = np.asarray(index.cpu() if isinstance(index, torch.Tensor) else index, np.int64)
+        images = self.source.images(index).to(self.device)
+        # Unmap what was read (a StackSource re-maps on the next read): pages of a memory map stay
+        # in this process's resident set until unmapped, so one pass over a 3 GB stack would
+        # otherwise hold 3 GB resident (reclaimable page cache, but counted in RSS).
+        self.source.close()
+        if self.phase_flipped:
+            images = _flip(images, self.source.particles.iloc[index], self.source.pixel_size)
+        images = fourier_crop(images, self.box_size)
+        if self.lowpass_resolution:
+            images = low_pass(images, self.lowpass_resolution, self.pixel_size)
+        return normalise_background(images, self.mask_radius)
+
+    def materialise(self, chunk_size: int = 2048) -> torch.Tensor:
+        """All N images ``(N, L', L')`` in memory on ``device``, read ``chunk_size`` at a time."""
+        return torch.cat([self.read(np.arange(start, min(start + chunk_size, len(self))))
+                          for start in range(0, len(self), chunk_size)])

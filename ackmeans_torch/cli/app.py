@@ -86,7 +86,10 @@ def hydra_command(config_name: str) -> Callable[[Command], Callable[[], None]]:
             run_dir = Path(HydraConfig.get().runtime.output_dir)
             try:
                 run_dir.mkdir(parents=True, exist_ok=True)
-                _write_run_record(cfg, run_dir)
+                # under a multi-process launch only rank zero keeps the record (another rank's
+                # argv is the launcher's re-execution, not what the user typed)
+                if int(os.environ.get("RANK", os.environ.get("LOCAL_RANK", "0"))) == 0:
+                    _write_run_record(cfg, run_dir)
                 command(cfg, run_dir)
             except (ValueError, OSError) as exc:
                 if _debug():

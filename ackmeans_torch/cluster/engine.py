@@ -25,6 +25,11 @@ one process with the same global batches (up to float summation order in the sum
 The 10 probe items for d_c and the initial centroids are addressed by global index and drawn from
 the same generator on every process, so they need no communication.
 
+Checkpoint hooks (issue 7): ``on_iteration(state)`` is called on every process after each
+iteration's update with a :class:`LoopState` (everything the loop carries from one iteration to
+the next, the generator's state included); ``start=state`` continues from such a state, so a run
+stopped after iteration t and continued from its state gives the uninterrupted run's result.
+
 Empty classes keep their previous centroid (no 0/0); the size rule decides whether they refill
 (see ``cluster/penalties.py``); ``history[t]["n_empty"]`` counts them.
 """
@@ -48,6 +53,7 @@ __all__ = [
     "SquaredEuclidean",
     "ClusterResult",
     "ConvergenceWarning",
+    "LoopState",
     "Reduce",
     "Shard",
     "characteristic_dissimilarity",
@@ -137,6 +143,20 @@ def characteristic_dissimilarity(provider: Dissimilarity, centers: Tensor, *,
     probe = torch.randperm(provider.n_items, generator=generator)[: min(n_probe, provider.n_items)]
     d = provider.dissimilarity(probe, centers)
     return (d.amax(1) - d.amin(1)).mean()
+
+
+@dataclass
+class LoopState:
+    """What the loop carries between iterations: after iteration ``iteration`` (0 = paper steps
+    2–3) the ``labels (N,)``, ``centers (K, *F)``, ``sizes (K,)``, the ``history`` so far and the
+    d_c generator's state (``torch.Generator.get_state()``, uint8)."""
+
+    iteration: int
+    labels: Tensor
+    centers: Tensor
+    sizes: Tensor
+    history: list[dict]
+    generator_state: Tensor
 
 
 @dataclass
@@ -247,7 +267,9 @@ def _eqk_pass(provider: Dissimilarity, centers: Tensor, labels: Tensor, rule: Eq
 def fit_clusters(provider: Dissimilarity, centers: Tensor, *, rule: SizePenalty | EqualSize,
                  max_iter: int = 100, sigma0: float = 0.0, batch_size: int = 1,
                  chunk_size: int = 4096, n_probe: int = 10, generator: torch.Generator,
-                 shard: Shard = identity, reduce: Reduce = identity) -> ClusterResult:
+                 shard: Shard = identity, reduce: Reduce = identity,
+                 on_iteration: Callable[[LoopState], None] | None = None,
+                 start: LoopState | None = None) -> ClusterResult:
     """Run the ACK-means loop from initial ``centers`` (K, *F) with size rule ``rule``.
 
     ``batch_size``: items between size refreshes (1 = the paper's sequential order).
@@ -255,6 +277,8 @@ def fit_clusters(provider: Dissimilarity, centers: Tensor, *, rule: SizePenalty 
     ``generator``: CPU generator for the d_c probes (paper step 5).
     Stops when σ (fraction of changed labels) ≤ ``sigma0`` or after ``max_iter`` iterations of
     the while-loop; warns with :class:`ConvergenceWarning` in the second case.
+    ``on_iteration`` / ``start``: checkpoint hooks (module docstring); with ``start`` the
+    ``centers`` argument gives only the device and the loop goes on after ``start.iteration``.
     """
     n, k = provider.n_items, centers.shape[0]
     device = centers.device
@@ -264,7 +288,20 @@ def fit_clusters(provider: Dissimilarity, centers: Tensor, *, rule: SizePenalty 
     zero = torch.zeros((), dtype=torch.float64, device=device)
     converged = False
     n_iter = 0
-    for it in range(max_iter + 1):
+    first = 0
+    if start is not None:
+        if start.labels.shape != (n,) or start.centers.shape[0] != k:
+            raise InputError(f"saved state has {start.labels.shape[0]} items and "
+                             f"{start.centers.shape[0]} classes, the run {n} and {k}; "
+                             "resume with the run's own data and n_classes")
+        labels, centers = start.labels.to(device), start.centers.to(device)
+        sizes, history = start.sizes.to(device), list(start.history)
+        generator.set_state(start.generator_state)
+        n_iter, first = start.iteration, start.iteration + 1
+        converged = start.iteration > 0 and history[-1]["sigma"] <= sigma0
+        if converged:
+            first = max_iter + 1
+    for it in range(first, max_iter + 1):
         if it == 0 and not isinstance(rule, EqualSize):
             # Paper steps 2–3: plain nearest-centroid assignment (sizes play no part yet).
             active, d_c = NoPenalty(), zero
@@ -294,6 +331,10 @@ def fit_clusters(provider: Dissimilarity, centers: Tensor, *, rule: SizePenalty 
                         "sigma": sigma, "lambda_": lam, "d_c": float(d_c),
                         "sizes": sizes.tolist(), "n_empty": int((sizes == 0).sum())})
         n_iter = it
+        if on_iteration is not None:
+            on_iteration(LoopState(iteration=it, labels=labels, centers=centers, sizes=sizes,
+                                   history=list(history),
+                                   generator_state=generator.get_state()))
         if it > 0 and sigma <= sigma0:
             converged = True
             break

@@ -37,6 +37,9 @@ class ImageSource(abc.ABC):
     def images(self, indices: Sequence[int] | np.ndarray | slice) -> torch.Tensor:
         """Images at ``indices`` (0-based) as a ``(B, L, L) float32`` CPU tensor."""
 
+    def close(self) -> None:
+        """Release what reading holds (memory maps); reading again reopens. Nothing by default."""
+
     def chunks(self, chunk_size: int) -> Iterator[tuple[np.ndarray, torch.Tensor]]:
         """Yield ``(indices, images)`` over all images in order, ``chunk_size`` at a time, so a
         stack larger than memory is never read whole."""

@@ -1,0 +1,109 @@
+"""Checkpoint and resume of a classification, and its per-iteration record (issue 7, issue 5's log).
+
+After every iteration rank zero writes, atomically (``io/atomic.py``), into the run directory:
+
+* ``checkpoint.pt`` — everything the loop carries to the next iteration (``cluster.engine.
+  LoopState``: centroids, labels, sizes, history, the d_c generator's state), the poses of the
+  same iteration (angle, shift, mirror, distance), and the hash of the config that made it;
+* ``history.csv`` — the engine's history so far (J, σ, λ, d_c, empty classes, sizes);
+
+and advances a progress bar (tqdm) and logs one line. A run killed at any moment leaves the
+checkpoint of its last finished iteration; :func:`load_checkpoint` reads it back (refusing one
+made by a different config) and the pipeline continues from it, giving the uninterrupted run's
+result (the loop is deterministic given its state and generator).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+from pathlib import Path
+
+import torch
+from torch import Tensor
+
+from ackmeans_torch.classify.distributed import Resume
+from ackmeans_torch.classify.outputs import history_frame
+from ackmeans_torch.cluster.engine import LoopState
+from ackmeans_torch.errors import InputError
+from ackmeans_torch.io.atomic import atomic_output
+
+__all__ = ["CHECKPOINT_NAME", "config_hash", "save_checkpoint", "load_checkpoint",
+           "IterationRecorder"]
+
+CHECKPOINT_NAME = "checkpoint.pt"
+_FORMAT = 1
+log = logging.getLogger(__name__)
+
+
+def config_hash(config: dict) -> str:
+    """SHA-256 of the settings that decide a run's result (a JSON-able dict; the caller leaves
+    out what does not: output paths, devices, max_iter)."""
+    return hashlib.sha256(json.dumps(config, sort_keys=True, default=str).encode()).hexdigest()
+
+
+def save_checkpoint(path: Path, *, state: LoopState, poses: dict[str, Tensor],
+                    config_hash: str) -> None:
+    """Write ``state`` and ``poses`` (CPU copies) to ``path`` atomically."""
+    payload = {
+        "format": _FORMAT, "config_hash": config_hash, "iteration": state.iteration,
+        "labels": state.labels.cpu(), "centers": state.centers.cpu(), "sizes": state.sizes.cpu(),
+        "history": list(state.history), "generator_state": state.generator_state.cpu(),
+        "poses": {key: value.cpu() for key, value in poses.items()},
+    }
+    with atomic_output(path) as tmp:
+        torch.save(payload, tmp)
+
+
+def load_checkpoint(path: Path, *, config_hash: str) -> Resume:
+    """The saved point in ``path``; an :class:`InputError` when it is missing, unreadable or was
+    made by a config with another hash."""
+    if not Path(path).is_file():
+        raise InputError(f"{path}: no checkpoint to resume; run without resume=true first")
+    try:
+        data = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as error:  # torch raises several types for a damaged file
+        raise InputError(f"{path}: unreadable checkpoint ({error}); start a new run") from error
+    if data.get("format") != _FORMAT or data.get("config_hash") != config_hash:
+        raise InputError(f"{path}: checkpoint made with a different config; resume with the "
+                         "same settings (only max_iter, devices and out_dir may change)")
+    state = LoopState(iteration=data["iteration"], labels=data["labels"],
+                      centers=data["centers"], sizes=data["sizes"], history=data["history"],
+                      generator_state=data["generator_state"])
+    return Resume(state=state, poses=data["poses"])
+
+
+class IterationRecorder:
+    """The per-iteration callback of a run (``RunHooks.on_iteration``): on rank zero it writes
+    the checkpoint and ``history.csv``, advances a tqdm bar and logs σ, J, λ; other ranks only
+    take part in the pose gathering that precedes the call. ``close()`` ends the bar."""
+
+    def __init__(self, run_dir: Path, *, config_hash: str, max_iter: int, rank_zero: bool,
+                 first_iteration: int = 0, progress: bool = True) -> None:
+        self.run_dir, self.hash, self.rank_zero = Path(run_dir), config_hash, rank_zero
+        self.bar = None
+        if rank_zero and progress:
+            from tqdm import tqdm
+
+            self.bar = tqdm(total=max_iter + 1, initial=first_iteration, unit="it",
+                            desc="classify", dynamic_ncols=True)
+
+    def __call__(self, state: LoopState, poses: dict[str, Tensor]) -> None:
+        if not self.rank_zero:
+            return
+        save_checkpoint(self.run_dir / CHECKPOINT_NAME, state=state, poses=poses,
+                        config_hash=self.hash)
+        with atomic_output(self.run_dir / "history.csv") as tmp:
+            history_frame(state.history).to_csv(tmp, index=False)
+        h = state.history[-1]
+        lam = "-" if h["lambda_"] is None else f"{h['lambda_']:.4g}"
+        log.info("iteration %d: sigma=%.4f J=%.6g lambda=%s empty=%d", h["iteration"],
+                 h["sigma"], h["J"], lam, h["n_empty"])
+        if self.bar is not None:
+            self.bar.update(1)
+            self.bar.set_postfix(sigma=f"{h['sigma']:.3f}", J=f"{h['J']:.4g}")
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
