@@ -1,6 +1,7 @@
 """Shared fixtures. Real third-party data lives beside the repository in ../shared/data and is
 never copied in; tests that need it take the ``shared_data`` fixture and skip when it is absent."""
 
+import threading
 from pathlib import Path
 
 import pytest
@@ -16,3 +17,26 @@ def shared_data() -> Path:
             "beside the repository (a clone on its own has none)"
         )
     return SHARED_DATA
+
+
+class ThreadReduce:
+    """Sum-all-reduce across P threads: a stand-in for torch.distributed in one process, to check
+    that P ranks following the engine's shard/reduce hooks equal one rank."""
+
+    def __init__(self, world):
+        self.world, self.slots, self.barrier = world, [None] * world, threading.Barrier(world)
+
+    def for_rank(self, rank):
+        def reduce(stats):
+            self.slots[rank] = stats
+            self.barrier.wait()
+            total = {key: sum(slot[key] for slot in self.slots) for key in stats}
+            self.barrier.wait()
+            return total
+        return reduce
+
+
+@pytest.fixture
+def thread_reduce():
+    """The :class:`ThreadReduce` class (call it with the number of ranks)."""
+    return ThreadReduce

@@ -116,22 +116,6 @@ def test_gather_owned_takes_each_item_from_its_owner_and_keeps_unowned():
     assert out["mirror"].tolist() == [True, False, True, True]
 
 
-class ThreadReduce:
-    """Sum-all-reduce across P threads: a stand-in for torch.distributed in one process."""
-
-    def __init__(self, world):
-        self.world, self.slots, self.barrier = world, [None] * world, threading.Barrier(world)
-
-    def for_rank(self, rank):
-        def reduce(stats):
-            self.slots[rank] = stats
-            self.barrier.wait()
-            total = {key: sum(slot[key] for slot in self.slots) for key in stats}
-            self.barrier.wait()
-            return total
-        return reduce
-
-
 @pytest.fixture(scope="module")
 def views():
     """3 views of the phantom, 10 noisy images each at random in-plane angles."""
@@ -143,7 +127,7 @@ def views():
 
 
 @pytest.mark.filterwarnings("ignore::ackmeans_torch.cluster.engine.ConvergenceWarning")
-def test_mra_on_two_thread_ranks_equals_one_rank(views):
+def test_mra_on_two_thread_ranks_equals_one_rank(views, thread_reduce):
     """classify_mra with shard = tensor_split of each global batch and reduce = sum over 2
     threads gives both ranks the 1-rank labels and sizes, and poses/averages to float32
     summation order (1e-5 relative)."""
@@ -151,7 +135,7 @@ def test_mra_on_two_thread_ranks_equals_one_rank(views):
                    align_options={"n_angles": 36, "max_shift": 1.0}, init="k-means++",
                    max_iter=4, sigma0=0.0, batch_size=4, chunk_size=12, seed=0)
     single = classify_mra(views, **options)
-    hub, results = ThreadReduce(2), [None, None]
+    hub, results = thread_reduce(2), [None, None]
 
     def worker(rank):
         hooks = RunHooks(shard=lambda idx: idx.tensor_split(2)[rank], reduce=hub.for_rank(rank))

@@ -101,3 +101,26 @@ def test_classify_unknown_trainer_strategy_is_one_line_exit_2(tmp_path):
     out = run_cli("classify", "trainer.strategy=fsdp", f"out_dir={tmp_path / 'run'}")
     assert out.returncode == 2, out.stderr
     assert out.stderr.strip().count("\n") == 0 and "trainer.strategy='fsdp'" in out.stderr
+
+
+@pytest.mark.parametrize("overrides, message", [
+    (["n_classes=50"], "n_classes=50 must be <= the 12 images"),
+    (["n_classes=2", "preprocess.mask_diameter=500"], "mask_diameter=500"),
+])
+def test_classify_bad_parameters_are_one_line_exit_2(tmp_path, overrides, message):
+    """K above the number of images and a mask larger than the box: one line, exit 2, and no
+    classification output."""
+    run = tmp_path / "run"
+    out = run_cli("classify", "sim.views.n_centres=2", "sim.views.per_centre=6",
+                  "sim.volume.phantom_box=24", *overrides, f"out_dir={run}")
+    assert out.returncode == 2, out.stderr
+    assert out.stderr.strip().count("\n") == 0 and message in out.stderr
+    assert not (run / "particles.star").exists()
+
+
+def test_classify_empty_star_is_one_line_exit_2(tmp_path):
+    star = tmp_path / "empty.star"
+    star.write_text("data_particles\n\nloop_\n_rlnImageName #1\n")
+    out = run_cli("classify", "data=file", f"data.path={star}", f"out_dir={tmp_path / 'run'}")
+    assert out.returncode == 2, out.stderr
+    assert out.stderr.strip().count("\n") == 0 and "empty.star" in out.stderr

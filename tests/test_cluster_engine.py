@@ -205,24 +205,8 @@ def test_characteristic_dissimilarity_hand_computed():
     assert float(d_c) == pytest.approx(4.0)
 
 
-class ThreadReduce:
-    """Sum-all-reduce across P threads: a stand-in for torch.distributed in one process."""
-
-    def __init__(self, world):
-        self.world, self.slots, self.barrier = world, [None] * world, threading.Barrier(world)
-
-    def for_rank(self, rank):
-        def reduce(stats):
-            self.slots[rank] = stats
-            self.barrier.wait()
-            total = {key: sum(slot[key] for slot in self.slots) for key in stats}
-            self.barrier.wait()
-            return total
-        return reduce
-
-
 @pytest.mark.parametrize("batch_size", [1, 16])
-def test_two_processes_equal_one_process(batch_size):
+def test_two_processes_equal_one_process(batch_size, thread_reduce):
     """With shard = every other item of each global batch and reduce = sum over 2 ranks, both
     ranks return the labels and sizes of the 1-process run; centres equal to 1e-12 (float64;
     only the summation order of the class sums differs)."""
@@ -230,7 +214,7 @@ def test_two_processes_equal_one_process(batch_size):
     init = x[[0, 41, 70]]
     single = run(x, 3, QuadraticPenalty(beta=0.5), init=init, batch_size=batch_size,
                  max_iter=15, chunk_size=32)
-    hub, results = ThreadReduce(2), [None, None]
+    hub, results = thread_reduce(2), [None, None]
 
     def worker(rank):
         results[rank] = run(x, 3, QuadraticPenalty(beta=0.5), init=init, batch_size=batch_size,

@@ -29,22 +29,34 @@ _CTF_COLUMNS = ("rlnDefocusU", "rlnDefocusV", "rlnDefocusAngle", "rlnVoltage",
 
 def needs_phase_flip(particles: pd.DataFrame) -> bool:
     """True when every CTF column is present and the images are not phase-flipped yet."""
-    if not all(c in particles for c in _CTF_COLUMNS):
+    if not has_ctf(particles):
         return False
     flipped = particles.get("rlnCtfDataArePhaseFlipped", pd.Series(0, index=particles.index))
     return not bool((flipped.astype(int) == 1).all())
 
 
-def _flip(images: torch.Tensor, rows: pd.DataFrame, pixel_size: float) -> torch.Tensor:
-    def col(name: str, default: float = 0.0) -> np.ndarray:
-        return rows[name].to_numpy(np.float64) if name in rows else np.full(len(rows), default)
+def has_ctf(particles: pd.DataFrame) -> bool:
+    """True when the table has every CTF column."""
+    return all(c in particles for c in _CTF_COLUMNS)
 
-    values = ctf(size=images.shape[-1], pixel_size=pixel_size, defocus_u=col("rlnDefocusU"),
-                 defocus_v=col("rlnDefocusV"), defocus_angle=col("rlnDefocusAngle"),
-                 voltage=col("rlnVoltage"), spherical_aberration=col("rlnSphericalAberration"),
-                 amplitude_contrast=col("rlnAmplitudeContrast"), phase_shift=col("rlnPhaseShift"),
-                 device=images.device)
-    return phase_flip(images, values)
+
+def ctf_of(rows: pd.DataFrame, *, size: int, pixel_size: float, device=None) -> torch.Tensor:
+    """``(B, L, L)`` CTF of particle rows ``rows`` on the centred ``size`` grid of pixel size
+    ``pixel_size`` Å (``sim.ctf.ctf``; absent phase shift and B-factor count as 0)."""
+    def col(name: str, default: float = 0.0) -> np.ndarray:
+        # a copy: torch warns on (and must not write to) pandas' read-only buffers
+        return rows[name].to_numpy(np.float64, copy=True) if name in rows else np.full(len(rows), default)
+
+    return ctf(size=size, pixel_size=pixel_size, defocus_u=col("rlnDefocusU"),
+               defocus_v=col("rlnDefocusV"), defocus_angle=col("rlnDefocusAngle"),
+               voltage=col("rlnVoltage"), spherical_aberration=col("rlnSphericalAberration"),
+               amplitude_contrast=col("rlnAmplitudeContrast"), phase_shift=col("rlnPhaseShift"),
+               device=device)
+
+
+def _flip(images: torch.Tensor, rows: pd.DataFrame, pixel_size: float) -> torch.Tensor:
+    return phase_flip(images, ctf_of(rows, size=images.shape[-1], pixel_size=pixel_size,
+                                     device=images.device))
 
 
 def normalise_background(images: torch.Tensor, mask_radius: float) -> torch.Tensor:
@@ -92,7 +104,7 @@ class PreparedImages:
                              f"{box * pixel_size:.1f} Å box")
         flip = (needs_phase_flip(source.particles) if phase_flip_images is None
                 else phase_flip_images)
-        if flip and not all(c in source.particles for c in _CTF_COLUMNS):
+        if flip and not has_ctf(source.particles):
             raise InputError(f"phase_flip=true but the particles lack CTF columns {_CTF_COLUMNS}")
         self.source, self.box_size, self.pixel_size = source, box, pixel_size
         self.mask_radius, self.phase_flipped = radius, flip

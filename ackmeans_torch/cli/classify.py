@@ -22,11 +22,13 @@ import sys
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
+from dataclasses import replace
 from pathlib import Path
 
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
+from ackmeans_torch.classify.averages import wiener_averages
 from ackmeans_torch.classify.checkpoint import (
     CHECKPOINT_NAME,
     IterationRecorder,
@@ -161,6 +163,10 @@ def classify_from_config(cfg: DictConfig, run_dir: Path) -> dict | None:
         recorder.close()
     if not rank_zero:
         return None
+    if cfg.ctf_averages:
+        result = replace(result, averages=wiener_averages(
+            prepared, result.labels, result.angle, result.shift, result.mirror, cfg.n_classes,
+            epsilon=cfg.wiener_epsilon, chunk_size=cfg.chunk_size))
     elapsed = time.perf_counter() - start
     title = f"{cfg.pipeline.name} / {cfg.objective._target_.rsplit('.', 1)[-1]}"
     write_outputs(run_dir, result, particles, pixel_size=prepared.pixel_size, title=title)

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
-from omegaconf import DictConfig, ListConfig
+from omegaconf import DictConfig, ListConfig, OmegaConf
 
 from ackmeans_torch.cli.app import hydra_command
 from ackmeans_torch.cli.evaluate_picks import run_picks
@@ -32,6 +32,18 @@ log = logging.getLogger(__name__)
 def _classified_star(run: str) -> Path:
     path = Path(run)
     return path / "particles.star" if path.is_dir() else path
+
+
+def run_label(run: str | Path) -> str:
+    """``pipeline / objective / SNR`` of a classify run directory (from its config.yaml), else
+    the file or folder name."""
+    config = Path(run) / "config.yaml"
+    if not config.is_file():
+        return Path(run).name or str(run)
+    cfg = OmegaConf.load(config)
+    label = f"{cfg.pipeline.name} / {cfg.objective._target_.rsplit('.', 1)[-1]}"
+    snr = OmegaConf.select(cfg, "sim.noise.snr") if cfg.data.source == "simulated" else None
+    return f"{label} / SNR {snr:.3g}" if snr is not None else label
 
 
 def run_classes(cfg: DictConfig, run_dir: Path) -> pd.DataFrame:
@@ -56,7 +68,7 @@ def run_classes(cfg: DictConfig, run_dir: Path) -> pd.DataFrame:
         centres = reference[CENTRE_LABEL_COLUMN].to_numpy() if CENTRE_LABEL_COLUMN in reference else None
         figures, angles = evaluate_classification(
             labels, n_classes, reference[["rlnAngleRot", "rlnAngleTilt"]].to_numpy(), truth=centres)
-        name = Path(run).name or run
+        name = run_label(run)
         rows.append({"run": name, **figures})
         angles_by_run[name] = angles
         sizes_by_run[name] = np.bincount(labels, minlength=n_classes)

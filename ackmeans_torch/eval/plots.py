@@ -87,6 +87,9 @@ def angular_histogram(
     for name, angles in angles_by_run.items():
         counts, _ = np.histogram(np.asarray(angles), bins=bins)
         ax.plot(centres, counts / max(counts.sum(), 1), label=name, lw=1.5)
+    # zoom to where the pairs are (classes of one view sit far below 180°)
+    tail = max((np.percentile(a, 99.5) for a in angles_by_run.values() if len(a)), default=max_deg)
+    ax.set_xlim(0, min(max_deg, max(30.0, 10 * np.ceil(tail / 10))))
     ax.set_xlabel("angle between viewing directions within a class (deg)")
     ax.set_ylabel("fraction of pairs")
     ax.legend(fontsize=8)
