@@ -12,7 +12,7 @@ import sys
 # command -> (module, one-line summary); the module's ``main`` is a hydra_command.
 COMMANDS = {
     "simulate": ("ackmeans_torch.cli.simulate", "simulate particle images with known poses, CTF and noise"),
-    "classify": ("ackmeans_torch.cli.classify", "2D classification: MRA/RFA with ACK-means and its baselines"),
+    "classify": ("ackmeans_torch.cli.classify", "2D classification (MRA, MSA/MRA, RFA) with ACK-means or its baselines"),
     "consensus": ("ackmeans_torch.cli.consensus", "consensus particle picking over several pickers (REPIC)"),
     "evaluate": ("ackmeans_torch.cli.evaluate", "score classifications or picks against a reference"),
 }
@@ -25,7 +25,7 @@ def _help() -> str:
     rows = "\n".join(f"  {name:<{width}}  {summary}" for name, (_, summary) in COMMANDS.items())
     return (
         f"{USAGE}\n\nCommands:\n{rows}\n\n"
-        "Config: Hydra overrides, e.g. `ackmeans-torch simulate n_images=200 seed=3`;\n"
+        "Config: Hydra overrides, e.g. `ackmeans-torch classify n_classes=50 objective=kmeans seed=3`;\n"
         "`ackmeans-torch <command> --help` shows a command's config."
     )
 
