@@ -36,7 +36,29 @@ class ThreadReduce:
         return reduce
 
 
+def run_on_thread_ranks(world: int, work):
+    """Run ``work(rank, reduce)`` on ``world`` threads sharing one :class:`ThreadReduce`; returns
+    the per-rank results, re-raising the first exception a rank raised."""
+    hub, results, errors = ThreadReduce(world), [None] * world, []
+
+    def worker(rank):
+        try:
+            results[rank] = work(rank, hub.for_rank(rank))
+        except BaseException as exc:  # noqa: BLE001 - handed to the test's thread
+            errors.append(exc)
+            hub.barrier.abort()  # release the other ranks instead of deadlocking them
+
+    threads = [threading.Thread(target=worker, args=(rank,)) for rank in range(world)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    if errors:
+        raise errors[0]
+    return results
+
+
 @pytest.fixture
-def thread_reduce():
-    """The :class:`ThreadReduce` class (call it with the number of ranks)."""
-    return ThreadReduce
+def thread_ranks():
+    """:func:`run_on_thread_ranks`, for tests that check P ranks against one."""
+    return run_on_thread_ranks

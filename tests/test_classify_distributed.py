@@ -8,7 +8,6 @@ import json
 import os
 import subprocess
 import sys
-import threading
 from pathlib import Path
 
 import mrcfile
@@ -127,7 +126,7 @@ def views():
 
 
 @pytest.mark.filterwarnings("ignore::ackmeans_torch.cluster.engine.ConvergenceWarning")
-def test_mra_on_two_thread_ranks_equals_one_rank(views, thread_reduce):
+def test_mra_on_two_thread_ranks_equals_one_rank(views, thread_ranks):
     """classify_mra with shard = tensor_split of each global batch and reduce = sum over 2
     threads gives both ranks the 1-rank labels and sizes, and poses/averages to float32
     summation order (1e-5 relative)."""
@@ -135,18 +134,12 @@ def test_mra_on_two_thread_ranks_equals_one_rank(views, thread_reduce):
                    align_options={"n_angles": 36, "max_shift": 1.0}, init="k-means++",
                    max_iter=4, sigma0=0.0, batch_size=4, chunk_size=12, seed=0)
     single = classify_mra(views, **options)
-    hub, results = thread_reduce(2), [None, None]
 
-    def worker(rank):
-        hooks = RunHooks(shard=lambda idx: idx.tensor_split(2)[rank], reduce=hub.for_rank(rank))
-        results[rank] = classify_mra(views, hooks=hooks, **options)
+    def work(rank, reduce):
+        hooks = RunHooks(shard=lambda idx: idx.tensor_split(2)[rank], reduce=reduce)
+        return classify_mra(views, hooks=hooks, **options)
 
-    threads = [threading.Thread(target=worker, args=(r,)) for r in range(2)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
-    for res in results:
+    for res in thread_ranks(2, work):
         assert torch.equal(res.labels, single.labels) and torch.equal(res.sizes, single.sizes)
         assert torch.equal(res.mirror, single.mirror)
         turn = torch.remainder(res.angle - single.angle + torch.pi, 2 * torch.pi) - torch.pi

@@ -3,7 +3,6 @@ balance, EQK sizes, empty classes, and the distributed hooks (2 "processes" == 1
 
 from __future__ import annotations
 
-import threading
 import warnings
 
 import numpy as np
@@ -206,7 +205,7 @@ def test_characteristic_dissimilarity_hand_computed():
 
 
 @pytest.mark.parametrize("batch_size", [1, 16])
-def test_two_processes_equal_one_process(batch_size, thread_reduce):
+def test_two_processes_equal_one_process(batch_size, thread_ranks):
     """With shard = every other item of each global batch and reduce = sum over 2 ranks, both
     ranks return the labels and sizes of the 1-process run; centres equal to 1e-12 (float64;
     only the summation order of the class sums differs)."""
@@ -214,19 +213,12 @@ def test_two_processes_equal_one_process(batch_size, thread_reduce):
     init = x[[0, 41, 70]]
     single = run(x, 3, QuadraticPenalty(beta=0.5), init=init, batch_size=batch_size,
                  max_iter=15, chunk_size=32)
-    hub, results = thread_reduce(2), [None, None]
 
-    def worker(rank):
-        results[rank] = run(x, 3, QuadraticPenalty(beta=0.5), init=init, batch_size=batch_size,
-                            max_iter=15, chunk_size=32, shard=lambda idx: idx[rank::2],
-                            reduce=hub.for_rank(rank))
+    def work(rank, reduce):
+        return run(x, 3, QuadraticPenalty(beta=0.5), init=init, batch_size=batch_size,
+                   max_iter=15, chunk_size=32, shard=lambda idx: idx[rank::2], reduce=reduce)
 
-    threads = [threading.Thread(target=worker, args=(r,)) for r in range(2)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
-    for res in results:
+    for res in thread_ranks(2, work):
         assert torch.equal(res.labels, single.labels)
         assert res.sizes.tolist() == single.sizes.tolist()
         assert res.n_iter == single.n_iter

@@ -110,16 +110,14 @@ def test_eqk_greedy_hand_computed():
 
 
 def _brute_force_equal(d):
+    """Lowest total cost over every labelling with EQK's sizes (⌊n/k⌋, remainder spread)."""
     n, k = d.shape
     base, extra = divmod(n, k)
-    best, best_cost = None, math.inf
+    best_cost = math.inf
     for labels in itertools.product(range(k), repeat=n):
         sizes = sorted(labels.count(j) for j in range(k))
-        if sizes != [base] * (k - extra) + [base + 1] * extra:
-            continue
-        cost = sum(float(d[i, j]) for i, j in enumerate(labels))
-        if cost < best_cost - 1e-12:
-            best, best_cost = labels, cost
+        if sizes == [base] * (k - extra) + [base + 1] * extra:
+            best_cost = min(best_cost, sum(float(d[i, j]) for i, j in enumerate(labels)))
     return best_cost
 
 

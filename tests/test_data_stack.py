@@ -83,6 +83,8 @@ def test_bare_stack_source(two_stacks):
     assert (p["rlnOriginXAngst"] == 0).all() and (p["rlnOpticsGroup"] == 1).all()
     assert source.pixel_size == pytest.approx(1.5) and (p["rlnImageSize"] == 8).all()
     assert StackSource.from_stack(folder / "a.mrcs", pixel_size=3.0).pixel_size == 3.0
+    # the dispatcher passes a bare stack's pixel size on (a header may say 0)
+    assert open_source(folder / "a.mrcs", pixel_size=3.0).pixel_size == 3.0
 
 
 def test_relion30_and_relion31_sources_match_the_stacks(shared_data):

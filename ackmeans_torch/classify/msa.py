@@ -70,13 +70,18 @@ def _own_class_poses(images: Tensor, labels: Tensor, references: Tensor, *, mask
     return out
 
 
+def _class_means(values: Tensor, labels: Tensor, n_classes: int) -> Tensor:
+    """``(K, ...)`` mean of ``values (N, ...)`` per label; an empty class is 0."""
+    sums = values.new_zeros(n_classes, *values.shape[1:]).index_add_(0, labels, values)
+    counts = torch.bincount(labels, minlength=n_classes).clamp_min(1).to(values.dtype)
+    return sums / counts.view(-1, *([1] * (values.ndim - 1)))
+
+
 def _averages(images: Tensor, labels: Tensor, poses: dict[str, Tensor], mask: Tensor,
               n_classes: int) -> Tensor:
     aligned = apply_transform(images, poses["angle"], poses["shift"], poses["mirror"],
                               inverse=True) * mask
-    sums = images.new_zeros(n_classes, *images.shape[1:]).index_add_(0, labels, aligned)
-    counts = torch.bincount(labels, minlength=n_classes).clamp_min(1).to(images.dtype)
-    return recentre(sums / counts[:, None, None], mask) * mask
+    return recentre(_class_means(aligned, labels, n_classes), mask) * mask
 
 
 def classify_msa_mra(images: Tensor | PreparedImages, *, n_classes: int, rule,
@@ -113,9 +118,7 @@ def classify_msa_mra(images: Tensor | PreparedImages, *, n_classes: int, rule,
         n_components, seed=seed)
     labels, history, converged = cluster(features, init)
     # initial references: per class, the member nearest the class centre in feature space
-    centroid = features.new_zeros(n_classes, features.shape[1]).index_add_(0, labels, features)
-    centroid /= torch.bincount(labels, minlength=n_classes).clamp_min(1)[:, None]
-    gap = (features - centroid[labels]).pow(2).sum(1)
+    gap = (features - _class_means(features, labels, n_classes)[labels]).pow(2).sum(1)
     medoid = torch.zeros(n_classes, dtype=torch.long, device=images.device)
     for j in labels.unique():
         members = (labels == j).nonzero().squeeze(1)
@@ -128,9 +131,8 @@ def classify_msa_mra(images: Tensor | PreparedImages, *, n_classes: int, rule,
         best = align(images, references, mode="best", mask_radius=mask_radius, **align_options)
         aligned = apply_transform(images, best.angle, best.shift, best.mirror, inverse=True) * mask
         features = principal_components(aligned.reshape(len(images), -1), n_components, seed=seed)
-        start = features.new_zeros(n_classes, features.shape[1]).index_add_(0, labels, features)
-        start /= torch.bincount(labels, minlength=n_classes).clamp_min(1)[:, None]
-        labels, round_history, converged = cluster(features, start)
+        labels, round_history, converged = cluster(
+            features, _class_means(features, labels, n_classes))
         history += round_history
         poses = {"angle": best.angle, "shift": best.shift, "mirror": best.mirror}
         references = _averages(images, labels, poses, mask, n_classes)

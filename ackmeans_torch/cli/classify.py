@@ -44,7 +44,7 @@ from ackmeans_torch.classify.rfa import classify_rfa
 from ackmeans_torch.cli.app import hydra_command
 from ackmeans_torch.cli.simulate import simulate_from_config, write_simulated
 from ackmeans_torch.data.simulated import SimulatedSource
-from ackmeans_torch.data.stack import StackSource, open_source
+from ackmeans_torch.data.stack import open_source
 from ackmeans_torch.errors import InputError
 from ackmeans_torch.eval.angular import evaluate_classification
 from ackmeans_torch.eval.plots import angular_histogram
@@ -68,10 +68,7 @@ def _source(cfg: DictConfig, run_dir: Path, *, rank_zero: bool):
         source = SimulatedSource(images, particles,
                                  pixel_size=float(particles["rlnImagePixelSize"].iloc[0]))
         return source, particles
-    path = Path(cfg.data.path)
-    # a bare stack may need its pixel size from the config (its header can say 0)
-    source = (StackSource.from_stack(path, pixel_size=cfg.data.pixel_size)
-              if path.suffix.lower() in (".mrc", ".mrcs") else open_source(path))
+    source = open_source(cfg.data.path, pixel_size=cfg.data.pixel_size)
     particles = source.particles
     if "rlnImageName" in particles:
         paths, index = source.table.image_locations()

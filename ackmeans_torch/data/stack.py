@@ -135,10 +135,13 @@ class StackSource(ImageSource):
 
 
 def open_source(
-    path: str | os.PathLike, *, stack_root: str | os.PathLike | None = None
+    path: str | os.PathLike, *, stack_root: str | os.PathLike | None = None,
+    pixel_size: float | None = None,
 ) -> StackSource:
     """Open particle images by extension: ``.star`` (RELION), ``.cs`` (cryoSPARC), ``.mrc`` or
-    ``.mrcs`` (a bare stack). ``stack_root`` relocates the stacks a ``.star``/``.cs`` names."""
+    ``.mrcs`` (a bare stack). ``stack_root`` relocates the stacks a ``.star``/``.cs`` names;
+    ``pixel_size`` (Å) is for a bare stack, whose header may have none (the metadata files
+    carry their own)."""
     path = Path(path)
     suffix = path.suffix.lower()
     if suffix == ".star":
@@ -146,7 +149,7 @@ def open_source(
     if suffix == ".cs":
         return StackSource(read_cs(path, stack_root=stack_root))
     if suffix in (".mrc", ".mrcs"):
-        return StackSource.from_stack(path)
+        return StackSource.from_stack(path, pixel_size=pixel_size)
     raise InputError(
         f"{path}: unknown particle file type {suffix!r}; use .star, .cs, .mrc or .mrcs"
     )
