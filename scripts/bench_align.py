@@ -1,4 +1,4 @@
-"""Benchmark of the polar-Fourier aligner (issue 3): prints a table of problem size, time, pose
+"""Benchmark of the polar-Fourier aligner: prints a table of problem size, time, pose
 evaluations per second (image × reference × angle × shift), peak memory.
 
 (a) CPU: N images of 64 px × K references, M angles, shifts ±3 px step 1, no mirror;
@@ -9,7 +9,7 @@ evaluations per second (image × reference × angle × shift), peak memory.
 
 Images are random phantom projections (sim/), so nothing is read from disk.
 
-    python scripts/bench_align.py                      # the issue's sizes
+    python scripts/bench_align.py                      # the benchmark sizes
     python scripts/bench_align.py --n-images 1000      # quicker
 """
 
@@ -22,9 +22,9 @@ import time
 
 import torch
 
-from ackmeans_torch.ops.align import align, align_brute_force, shift_grid
-from ackmeans_torch.sim.project import project
-from ackmeans_torch.sim.rotations import random_rotations
+from ackmeans_torch.ops.align import AlignOptions, align, align_brute_force, shift_grid
+from ackmeans_torch.ops.projection import project
+from ackmeans_torch.sim.views import random_rotations
 from ackmeans_torch.sim.volume import phantom
 
 
@@ -85,7 +85,7 @@ def main() -> None:
 
     bi, bk = min(args.brute_images, n), min(args.brute_references, k)
     start = time.perf_counter()
-    slow = align_brute_force(images[:bi], references[:bk], **sampling)
+    slow = align_brute_force(images[:bi], references[:bk], AlignOptions(**sampling))
     brute = time.perf_counter() - start
     scaled = brute * (n * k) / (bi * bk)
     grid = align(images[:bi], references[:bk], refine=False, **sampling)

@@ -7,7 +7,7 @@ as "not installed"). Columns: time per iteration and agreement of labels (ARI) w
 K-means. Each run is timed once end to end (initial step + loop iterations), divided by the
 number of assignment passes it made.
 
-    python scripts/bench_kmeans.py            # the issue's size
+    python scripts/bench_kmeans.py            # the benchmark size
     python scripts/bench_kmeans.py --quick    # 2,000 × 512, k = 20, 5 iterations (smoke test)
     python scripts/bench_kmeans.py --device cuda
 """

@@ -1,4 +1,4 @@
-"""Larger-than-memory classification benchmark (issue 7): peak resident memory vs stack size and
+"""Larger-than-memory classification benchmark: peak resident memory vs stack size and
 time per iteration for MRA over a memory-mapped stack read and preprocessed chunk by chunk.
 
 Writes an N-image L px float32 stack (default 200,000 × 64 px, 3.3 GB) of noisy, randomly
@@ -35,8 +35,8 @@ from ackmeans_torch.io.atomic import atomic_output
 def write_stack(path: Path, n: int, box: int, *, chunk: int = 10_000, seed: int = 0) -> None:
     """N noisy phantom projections written chunk by chunk into a memory-mapped MRC file."""
     from ackmeans_torch.ops.fourier import shift_images
-    from ackmeans_torch.sim.project import project
-    from ackmeans_torch.sim.rotations import euler_to_matrix
+    from ackmeans_torch.ops.projection import project
+    from ackmeans_torch.ops.rotations import euler_to_matrix
     from ackmeans_torch.sim.volume import phantom
 
     g = torch.Generator().manual_seed(seed)
@@ -68,11 +68,13 @@ def _status() -> dict[str, int]:
 def classify_child(args: argparse.Namespace) -> None:
     """Run in the child: classify the stack and print a JSON line of figures."""
     from ackmeans_torch.classify.distributed import RunHooks
-    from ackmeans_torch.classify.mra import classify_mra
-    from ackmeans_torch.classify.preprocess import PreparedImages
+    from ackmeans_torch.classify.mra import MRA
     from ackmeans_torch.cluster.engine import ConvergenceWarning
+    from ackmeans_torch.cluster.options import ClusterOptions
     from ackmeans_torch.cluster.penalties import QuadraticPenalty
+    from ackmeans_torch.data.prepared import PreprocessOptions, preprocess
     from ackmeans_torch.data.stack import StackSource
+    from ackmeans_torch.ops.align import AlignOptions
 
     peak = {"RssAnon": 0, "RssFile": 0}
     done = threading.Event()
@@ -87,19 +89,19 @@ def classify_child(args: argparse.Namespace) -> None:
     threading.Thread(target=sample, daemon=True).start()
     start = time.perf_counter()
     source = StackSource.from_stack(args.stack, pixel_size=2.0)
-    prepared = PreparedImages(source)
-    images = prepared.materialise(args.chunk) if args.in_memory else prepared
+    images = preprocess(source, PreprocessOptions(in_memory=args.in_memory),
+                        chunk_size=args.chunk)
     ready = time.perf_counter()
     stamps = []
     hooks = RunHooks(on_iteration=lambda state, poses: stamps.append(time.perf_counter()))
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", ConvergenceWarning)
-        result = classify_mra(images, n_classes=args.classes, rule=QuadraticPenalty(beta=0.5),
-                              mask_radius=prepared.mask_radius,
-                              align_options={"n_angles": args.angles, "max_shift": 0.0,
-                                             "refine": False},
-                              max_iter=args.iterations, sigma0=-1.0, batch_size=args.batch,
-                              chunk_size=args.chunk, seed=0, hooks=hooks)
+        result = MRA().classify(
+            images, rule=QuadraticPenalty(beta=0.5), mask_radius=images.mask_radius,
+            align=AlignOptions(n_angles=args.angles, max_shift=0.0, refine=False),
+            options=ClusterOptions(n_classes=args.classes, max_iter=args.iterations, sigma0=0.0,
+                                   batch_size=args.batch, chunk_size=args.chunk, seed=0),
+            hooks=hooks)
     done.set()
     passes = np.diff([ready, *stamps])
     print(json.dumps({

@@ -16,13 +16,14 @@ from pathlib import Path
 
 import torch
 
+from ackmeans_torch.io.mrc import load_volume
+from ackmeans_torch.ops.ctf import ctf, phase_flip
 from ackmeans_torch.ops.fourier import ifft2c
-from ackmeans_torch.sim.ctf import ctf, phase_flip
+from ackmeans_torch.ops.projection import FourierProjector
 from ackmeans_torch.sim.dataset import simulate_dataset
 from ackmeans_torch.sim.noise import add_gaussian_noise, noise_sigma
-from ackmeans_torch.sim.project import FourierProjector
-from ackmeans_torch.sim.rotations import random_rotations
-from ackmeans_torch.sim.volume import load_volume, phantom
+from ackmeans_torch.sim.views import random_rotations
+from ackmeans_torch.sim.volume import phantom
 
 MAP = Path(__file__).resolve().parents[2] / "shared" / "data" / "volumes" / "ribosome70S_65px.mrc"
 

@@ -62,3 +62,20 @@ def run_on_thread_ranks(world: int, work):
 def thread_ranks():
     """:func:`run_on_thread_ranks`, for tests that check P ranks against one."""
     return run_on_thread_ranks
+
+
+def classify_tensor(pipeline, images, *, rule, mask_radius, align=None, hooks=None, **options):
+    """Run ``pipeline`` (a ``classify.run.Pipeline``) on an in-memory ``images (N, L, L)``
+    tensor with ``ClusterOptions(**options)``; the pipelines' contract without files."""
+    import pandas as pd
+
+    from ackmeans_torch.classify.distributed import RunHooks
+    from ackmeans_torch.cluster.options import ClusterOptions
+    from ackmeans_torch.data.source import ArraySource
+    from ackmeans_torch.ops.align import AlignOptions
+
+    source = images if not hasattr(images, "ndim") else ArraySource(
+        images, pd.DataFrame(index=range(len(images))), pixel_size=1.0)
+    return pipeline.classify(source, rule=rule, options=ClusterOptions(**options),
+                             align=align or AlignOptions(), mask_radius=mask_radius,
+                             hooks=hooks or RunHooks())

@@ -9,21 +9,29 @@ import pytest
 import starfile
 import torch
 
-from ackmeans_torch.classify.mra import classify_mra, recentre
+from conftest import classify_tensor
+
+from ackmeans_torch.classify.common import recentre
+from ackmeans_torch.classify.mra import MRA
 from ackmeans_torch.classify.outputs import pose_to_relion, write_outputs
-from ackmeans_torch.classify.preprocess import needs_phase_flip, normalise_background
-from ackmeans_torch.classify.rfa import classify_rfa
+from ackmeans_torch.classify.rfa import RFA
 from ackmeans_torch.cluster.penalties import NoPenalty, QuadraticPenalty
+from ackmeans_torch.data.prepared import (
+    PreparedSource,
+    PreprocessOptions,
+    needs_phase_flip,
+    normalise_background,
+)
 from ackmeans_torch.eval.metrics import adjusted_rand_index
 from ackmeans_torch.io.mrc import open_stack
-from ackmeans_torch.ops.align import align
+from ackmeans_torch.ops.align import AlignOptions, align
 from ackmeans_torch.ops.fourier import shift_images
 from ackmeans_torch.ops.polar import circular_mask
-from ackmeans_torch.sim.project import project
-from ackmeans_torch.sim.rotations import euler_to_matrix
+from ackmeans_torch.ops.projection import project
+from ackmeans_torch.ops.rotations import euler_to_matrix
 from ackmeans_torch.sim.volume import phantom
 
-ALIGN = {"n_angles": 72, "max_shift": 2.0, "shift_step": 1.0}
+ALIGN = AlignOptions(n_angles=72, max_shift=2.0, shift_step=1.0)
 
 
 @pytest.fixture(scope="module")
@@ -81,12 +89,13 @@ def test_recentre_moves_the_centre_of_mass_to_the_box_centre():
     assert float((w * ys).sum() / w.sum()) == pytest.approx(16, abs=0.3)
 
 
-@pytest.mark.parametrize("pipeline", [classify_mra, classify_rfa])
+@pytest.mark.parametrize("pipeline", [MRA(), RFA()])
 def test_pipelines_recover_three_views_despite_random_in_plane_angles(views, pipeline):
     """Rotation-invariant classification: the 3 views come back as the 3 classes (ARI ≥ 0.9)."""
     images, truth, _ = views
-    result = pipeline(images, n_classes=3, rule=QuadraticPenalty(beta=0.5), mask_radius=14,
-                      align_options=ALIGN, init="k-means++", max_iter=8, sigma0=0.0, seed=0)
+    result = classify_tensor(pipeline, images, n_classes=3, rule=QuadraticPenalty(beta=0.5),
+                             mask_radius=14, align=ALIGN, init="k-means++", max_iter=8,
+                             sigma0=0.0, seed=0)
     assert adjusted_rand_index(truth, result.labels.numpy()) >= 0.9
     assert result.averages.shape == (3, 32, 32) and int(result.sizes.sum()) == 36
 
@@ -95,12 +104,13 @@ def test_mra_poses_bring_each_image_onto_its_class_average(views):
     """The reported pose of each image is the one its class average was built with: the average
     moved by that pose matches the image better than unmoved."""
     images, _, _ = views
-    result = classify_mra(images, n_classes=3, rule=NoPenalty(), mask_radius=14,
-                          align_options=ALIGN, init="k-means++", max_iter=5, seed=0)
+    result = classify_tensor(MRA(), images, n_classes=3, rule=NoPenalty(), mask_radius=14,
+                             align=ALIGN, init="k-means++", max_iter=5, seed=0)
     from ackmeans_torch.ops.transform import apply_transform
 
     avg = result.averages[result.labels]
-    moved = apply_transform(avg, result.angle, result.shift, result.mirror)
+    poses = result.poses
+    moved = apply_transform(avg, poses.angle, poses.shift, poses.mirror)
     mask = circular_mask(32, 14)
     err_moved = ((images - moved) * mask).pow(2).sum((1, 2))
     err_still = ((images - avg) * mask).pow(2).sum((1, 2))
@@ -109,8 +119,8 @@ def test_mra_poses_bring_each_image_onto_its_class_average(views):
 
 def test_outputs_are_relion_readable_and_keep_input_columns(tmp_path, views):
     images, _, euler = views
-    result = classify_mra(images, n_classes=3, rule=NoPenalty(), mask_radius=14,
-                          align_options=ALIGN, init="k-means++", max_iter=3, seed=0)
+    result = classify_tensor(MRA(), images, n_classes=3, rule=NoPenalty(), mask_radius=14,
+                             align=ALIGN, init="k-means++", max_iter=3, seed=0)
     particles = pd.DataFrame({"rlnImageName": [f"{i + 1:06d}@x.mrcs" for i in range(36)],
                               "rlnImagePixelSize": 3.0, "rlnAngleTilt": euler[:, 1].numpy(),
                               "rlnMicrographName": "mic.mrc"})
@@ -138,21 +148,21 @@ def _stack_source(tmp_path, images):
 
 
 def test_mra_reading_a_stack_per_chunk_equals_the_in_memory_run(tmp_path, views):
-    """Larger-than-memory path: MRA over a PreparedImages view (memory-mapped stack read and
+    """Larger-than-memory path: MRA over a PreparedSource (memory-mapped stack read and
     preprocessed per engine chunk of 8) gives the labels, poses and averages of the run on the
-    materialised tensor (to 1e-5: only the preprocessing batch differs)."""
-    from ackmeans_torch.classify.preprocess import PreparedImages
-
-    prepared = PreparedImages(_stack_source(tmp_path, views[0]))
+    materialised source (to 1e-5: only the preprocessing batch differs)."""
+    prepared = PreparedSource(_stack_source(tmp_path, views[0]), PreprocessOptions())
     options = dict(n_classes=3, rule=QuadraticPenalty(beta=0.5), mask_radius=prepared.mask_radius,
-                   align_options=ALIGN, init="k-means++", max_iter=4, sigma0=0.0, chunk_size=8,
+                   align=ALIGN, init="k-means++", max_iter=4, sigma0=0.0, chunk_size=8,
                    batch_size=4, seed=0)
-    lazy = classify_mra(prepared, **options)
-    whole = classify_mra(prepared.materialise(), **options)
-    assert torch.equal(lazy.labels, whole.labels) and torch.equal(lazy.mirror, whole.mirror)
-    for name in ("angle", "shift", "distance", "averages"):
-        torch.testing.assert_close(getattr(lazy, name), getattr(whole, name), rtol=1e-5,
-                                   atol=1e-5)
+    lazy = classify_tensor(MRA(), prepared, **options)
+    whole = classify_tensor(MRA(), prepared.materialise(), **options)
+    assert torch.equal(lazy.labels, whole.labels)
+    assert torch.equal(lazy.poses.mirror, whole.poses.mirror)
+    for name in ("angle", "shift", "distance"):
+        torch.testing.assert_close(getattr(lazy.poses, name), getattr(whole.poses, name),
+                                   rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(lazy.averages, whole.averages, rtol=1e-5, atol=1e-5)
 
 
 @pytest.mark.gpu
@@ -161,16 +171,15 @@ def test_chunked_mra_on_cuda_equals_cpu(tmp_path, views):
     poses to 1e-3 rad / 1e-2 px)."""
     if not torch.cuda.is_available():
         pytest.skip("no CUDA device")
-    from ackmeans_torch.classify.preprocess import PreparedImages
-
     source = _stack_source(tmp_path, views[0])
-    options = dict(n_classes=3, rule=QuadraticPenalty(beta=0.5), align_options=ALIGN,
+    options = dict(n_classes=3, rule=QuadraticPenalty(beta=0.5), align=ALIGN,
                    init="k-means++", max_iter=4, sigma0=0.0, chunk_size=8, seed=0)
-    cpu = PreparedImages(source)
-    gpu = PreparedImages(source, device="cuda")
-    a = classify_mra(cpu, mask_radius=cpu.mask_radius, **options)
-    b = classify_mra(gpu, mask_radius=gpu.mask_radius, **options)
-    assert torch.equal(a.labels, b.labels.cpu())
-    turn = torch.remainder(a.angle - b.angle.cpu() + torch.pi, 2 * torch.pi) - torch.pi
+    cpu = PreparedSource(source, PreprocessOptions())
+    gpu = PreparedSource(source, PreprocessOptions(), device="cuda")
+    on_cpu = classify_tensor(MRA(), cpu, mask_radius=cpu.mask_radius, **options)
+    on_gpu = classify_tensor(MRA(), gpu, mask_radius=gpu.mask_radius, **options)
+    assert torch.equal(on_cpu.labels, on_gpu.labels.cpu())
+    a, b = on_cpu.poses, on_gpu.poses.to("cpu")
+    turn = torch.remainder(a.angle - b.angle + torch.pi, 2 * torch.pi) - torch.pi
     assert float(turn.abs().max()) < 1e-3
-    torch.testing.assert_close(a.shift, b.shift.cpu(), rtol=0, atol=1e-2)
+    torch.testing.assert_close(a.shift, b.shift, rtol=0, atol=1e-2)

@@ -15,19 +15,21 @@ import numpy as np
 import pytest
 import starfile
 import torch
+from conftest import classify_tensor
 
 from ackmeans_torch.classify.distributed import RunHooks, gather_owned, pack_reduce
-from ackmeans_torch.classify.mra import classify_mra
+from ackmeans_torch.classify.mra import MRA
 from ackmeans_torch.cluster.penalties import QuadraticPenalty
-from ackmeans_torch.sim.project import project
-from ackmeans_torch.sim.rotations import euler_to_matrix
+from ackmeans_torch.ops.align import AlignOptions
+from ackmeans_torch.ops.projection import project
+from ackmeans_torch.ops.rotations import euler_to_matrix
 from ackmeans_torch.sim.volume import phantom
 
 REPO = Path(__file__).resolve().parents[1]
 # variables a launcher (Lightning, torchrun, SLURM) leaves behind; a child must not inherit them
 _LAUNCHER_VARIABLES = ("MASTER_ADDR", "MASTER_PORT", "LOCAL_RANK", "RANK", "WORLD_SIZE",
                        "NODE_RANK", "GROUP_RANK", "LOCAL_WORLD_SIZE", "ACKMEANS_DEBUG")
-TINY = ["sim.views.n_centres=3", "sim.views.per_centre=8", "sim.volume.phantom_box=32",
+TINY = ["sim.n_centres=3", "sim.per_centre=8", "sim.phantom_box=32",
         "n_classes=3", "max_iter=3", "sigma0=0", "align.n_angles=36", "align.max_shift=1",
         "batch_size=4", "progress=false"]
 
@@ -46,7 +48,7 @@ def run_cli(*args: str, timeout: float = 300) -> subprocess.CompletedProcess:
 
 
 def classify_in_process(run_dir: Path, *overrides: str) -> dict:
-    """The classify command in this process (trainer=cpu: one Fabric process)."""
+    """The classify command in this process (trainer=cpu: one Fabric process); its summary."""
     from hydra import compose, initialize_config_dir
 
     from ackmeans_torch.cli.app import CONFIG_DIR
@@ -56,7 +58,7 @@ def classify_in_process(run_dir: Path, *overrides: str) -> dict:
         cfg = compose("classify", overrides=[*overrides, f"out_dir={run_dir}"])
     run_dir.mkdir(parents=True, exist_ok=True)
     torch.set_num_threads(1)  # the subprocess runs use OMP_NUM_THREADS=1
-    return classify_from_config(cfg, run_dir)
+    return classify_from_config(cfg, run_dir).summary
 
 
 def read_run(run_dir: Path) -> tuple:
@@ -127,28 +129,30 @@ def views():
 
 @pytest.mark.filterwarnings("ignore::ackmeans_torch.cluster.engine.ConvergenceWarning")
 def test_mra_on_two_thread_ranks_equals_one_rank(views, thread_ranks):
-    """classify_mra with shard = tensor_split of each global batch and reduce = sum over 2
+    """MRA with shard = tensor_split of each global batch and reduce = sum over 2
     threads gives both ranks the 1-rank labels and sizes, and poses/averages to float32
     summation order (1e-5 relative)."""
     options = dict(n_classes=3, rule=QuadraticPenalty(beta=0.5), mask_radius=14,
-                   align_options={"n_angles": 36, "max_shift": 1.0}, init="k-means++",
+                   align=AlignOptions(n_angles=36, max_shift=1.0), init="k-means++",
                    max_iter=4, sigma0=0.0, batch_size=4, chunk_size=12, seed=0)
-    single = classify_mra(views, **options)
+    single = classify_tensor(MRA(), views, **options)
 
     def work(rank, reduce):
         hooks = RunHooks(shard=lambda idx: idx.tensor_split(2)[rank], reduce=reduce)
-        return classify_mra(views, hooks=hooks, **options)
+        return classify_tensor(MRA(), views, hooks=hooks, **options)
 
     for res in thread_ranks(2, work):
         assert torch.equal(res.labels, single.labels) and torch.equal(res.sizes, single.sizes)
-        assert torch.equal(res.mirror, single.mirror)
-        turn = torch.remainder(res.angle - single.angle + torch.pi, 2 * torch.pi) - torch.pi
+        assert torch.equal(res.poses.mirror, single.poses.mirror)
+        turn = torch.remainder(res.poses.angle - single.poses.angle + torch.pi,
+                               2 * torch.pi) - torch.pi
         assert float(turn.abs().max()) < 1e-5  # radians, across the 0/2π seam
-        torch.testing.assert_close(res.shift, single.shift, rtol=0, atol=1e-4)
+        torch.testing.assert_close(res.poses.shift, single.poses.shift, rtol=0, atol=1e-4)
         torch.testing.assert_close(res.averages, single.averages, rtol=1e-5,
                                    atol=1e-5 * float(single.averages.abs().max()))
 
 
+@pytest.mark.slow
 def test_two_process_gloo_ddp_run_equals_one_process_run(tmp_path):
     """The CLI under Lightning DDP with 2 CPU processes (gloo, launched by Lightning) writes the
     same labels, poses and class averages as the 1-process run with the same seed (tolerances

@@ -5,12 +5,15 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from ackmeans_torch.classify.msa import classify_msa_mra, invariant_features
+from conftest import classify_tensor
+
+from ackmeans_torch.classify.msa import MSAMRA, invariant_features
 from ackmeans_torch.cluster.penalties import QuadraticPenalty
 from ackmeans_torch.eval.metrics import adjusted_rand_index
+from ackmeans_torch.ops.align import AlignOptions
+from ackmeans_torch.ops.projection import project
+from ackmeans_torch.ops.rotations import euler_to_matrix
 from ackmeans_torch.ops.transform import apply_transform
-from ackmeans_torch.sim.project import project
-from ackmeans_torch.sim.rotations import euler_to_matrix
 from ackmeans_torch.sim.volume import phantom
 
 
@@ -39,8 +42,9 @@ def test_invariant_features_ignore_rotation_and_shift():
 
 def test_msa_mra_recovers_three_views_despite_random_in_plane_angles():
     images, truth = _views(12, 0.5)
-    result = classify_msa_mra(images, n_classes=3, rule=QuadraticPenalty(beta=0.5),
-                              mask_radius=14, align_options={"n_angles": 72, "max_shift": 2.0},
-                              init="k-means++", max_iter=8, n_rounds=2, seed=0)
+    result = classify_tensor(MSAMRA(n_rounds=2), images, n_classes=3,
+                             rule=QuadraticPenalty(beta=0.5), mask_radius=14,
+                             align=AlignOptions(n_angles=72, max_shift=2.0), init="k-means++",
+                             max_iter=8, seed=0)
     assert adjusted_rand_index(truth, result.labels.numpy()) >= 0.9
     assert result.averages.shape == (3, 32, 32) and int(result.sizes.sum()) == 36

@@ -1,9 +1,9 @@
-"""The console script: sub-command listing, per-command help, config errors as one line with
-exit code 2, and run directories with their record (config, version, command line)."""
+"""The console script, run in this process: sub-command listing, per-command help, bad input as
+one line with exit code 2 and nothing written, Ctrl-C as one line, and run directories with their
+record (config, version, command line). One test runs the real entry point in a subprocess."""
 
 from __future__ import annotations
 
-import os
 import subprocess
 import sys
 from pathlib import Path
@@ -11,116 +11,158 @@ from pathlib import Path
 import pytest
 import yaml
 
+from ackmeans_torch.cli.main import COMMANDS, main
+
 REPO = Path(__file__).resolve().parents[1]
+TINY = ["sim.n_centres=2", "sim.per_centre=6", "sim.phantom_box=24", "progress=false"]
 
 
-def run_cli(*args: str, cwd: Path = REPO) -> subprocess.CompletedProcess:
-    env = {k: v for k, v in os.environ.items() if k not in ("ACKMEANS_DEBUG", "HYDRA_FULL_ERROR")}
-    return subprocess.run(
-        [sys.executable, "-m", "ackmeans_torch.cli.main", *args],
-        capture_output=True, text=True, cwd=cwd, env=env, timeout=300,
-    )
+def run_cli(capsys, monkeypatch, *args: str) -> tuple[int, str, str]:
+    """``ackmeans-torch *args`` in this process → (exit code, stdout, stderr)."""
+    monkeypatch.delenv("ACKMEANS_DEBUG", raising=False)
+    monkeypatch.setattr(sys, "argv", ["ackmeans-torch", *args])
+    code = 0
+    try:
+        main(list(args))
+    except SystemExit as exc:
+        code = exc.code if isinstance(exc.code, int) else int(exc.code is not None)
+    out = capsys.readouterr()
+    return code, out.out, out.err
 
 
-def test_help_lists_every_subcommand():
-    from ackmeans_torch.cli.main import COMMANDS
+def assert_one_line(code: int, err: str, *needles: str, expected: int = 2) -> None:
+    assert code == expected, err
+    assert err.strip().count("\n") == 0 and "Traceback" not in err, err
+    for needle in needles:
+        assert needle in err, err
 
-    out = run_cli("--help")
+
+def test_console_script_lists_every_subcommand():
+    """The installed entry point (a real process): ``--help`` names every command."""
+    out = subprocess.run([sys.executable, "-m", "ackmeans_torch.cli.main", "--help"],
+                         capture_output=True, text=True, timeout=120)
     assert out.returncode == 0
     for name in COMMANDS:
         assert name in out.stdout
 
 
-def test_command_help_shows_its_config():
-    out = run_cli("simulate", "--help")
-    assert out.returncode == 0
-    assert "n_centres" in out.stdout and "snr" in out.stdout
+def test_command_help_shows_its_config(capsys, monkeypatch):
+    code, out, _ = run_cli(capsys, monkeypatch, "simulate", "--help")
+    assert code == 0 and "n_centres" in out and "snr" in out
 
 
-def test_unknown_command_is_one_line_exit_2():
-    out = run_cli("clasify")
-    assert out.returncode == 2
-    assert out.stderr.strip().count("\n") == 0 and "clasify" in out.stderr
+def test_unknown_command_is_one_line_exit_2(capsys, monkeypatch):
+    code, _, err = run_cli(capsys, monkeypatch, "clasify")
+    assert_one_line(code, err, "clasify")
 
 
-def test_unknown_config_key_is_one_line_exit_2(tmp_path):
-    out = run_cli("simulate", "sim.views.n_centre=3", f"out_dir={tmp_path / 'run'}")
-    assert out.returncode == 2, out.stderr
-    assert out.stderr.strip().count("\n") == 0
-    assert "n_centre" in out.stderr
+def test_unknown_config_key_is_one_line_exit_2(capsys, monkeypatch, tmp_path):
+    code, _, err = run_cli(capsys, monkeypatch, "simulate", "sim.n_centre=3",
+                           f"out_dir={tmp_path / 'run'}")
+    assert_one_line(code, err, "n_centre")
     assert not (tmp_path / "run").exists()
 
 
-def test_run_directory_records_config_version_and_command(tmp_path):
+def test_run_directory_records_config_version_and_command(capsys, monkeypatch, tmp_path):
     run = tmp_path / "run"
-    out = run_cli("simulate", "sim.views.n_centres=2", "sim.views.per_centre=3", "sim.volume.phantom_box=24",
-                  f"out_dir={run}")
-    assert out.returncode == 0, out.stderr
+    code, _, err = run_cli(capsys, monkeypatch, "simulate", "sim.n_centres=2", "sim.per_centre=3",
+                           "sim.phantom_box=24", f"out_dir={run}")
+    assert code == 0, err
     cfg = yaml.safe_load((run / "config.yaml").read_text())
-    assert cfg["sim"]["views"]["n_centres"] == 2 and cfg["out_dir"] == str(run)
+    assert cfg["sim"]["n_centres"] == 2 and cfg["out_dir"] == str(run)
     info = yaml.safe_load((run / "run_info.yaml").read_text())
-    assert info["version"]
-    assert "sim.views.n_centres=2" in info["command"] and info["command"].startswith("ackmeans-torch simulate")
+    assert info["version"] and "sim.n_centres=2" in info["overrides"]
+    assert "sim.n_centres=2" in info["command"]
+    assert (run / "particles.mrcs").is_file() and (run / "app.log").is_file()
 
 
-def test_missing_input_file_is_one_line_exit_2_and_nothing_written(tmp_path):
+def test_missing_input_file_is_one_line_exit_2_and_nothing_written(capsys, monkeypatch, tmp_path):
     run = tmp_path / "run"
-    out = run_cli("simulate", f"sim.volume.path={tmp_path / 'nope.mrc'}", f"out_dir={run}")
-    assert out.returncode == 2
-    assert out.stderr.strip().count("\n") == 0 and "nope.mrc" in out.stderr
-    assert "Traceback" not in out.stderr
-    assert not list(run.glob("*.mrcs")) and not list(run.glob("*.star"))
+    code, _, err = run_cli(capsys, monkeypatch, "simulate", f"sim.volume={tmp_path / 'nope.mrc'}",
+                           f"out_dir={run}")
+    assert_one_line(code, err, "nope.mrc")
+    assert not run.exists()
 
 
-def test_classify_then_evaluate_on_the_builtin_simulated_set(tmp_path):
+def test_classify_then_evaluate_on_the_builtin_simulated_set(capsys, monkeypatch, tmp_path):
     """The main job end to end on a tiny built-in set: every output is written, and evaluate
     reads the classified STAR back and scores it against the truth kept in it."""
     run = tmp_path / "cls"
-    out = run_cli("classify", "sim.views.n_centres=3", "sim.views.per_centre=6",
-                  "sim.volume.phantom_box=32", "n_classes=3", "max_iter=3",
-                  "align.n_angles=36", "align.max_shift=1", f"out_dir={run}")
-    assert out.returncode == 0, out.stderr
-    for name in ("particles.star", "class_averages.mrcs", "classes.star", "history.csv",
-                 "class_gallery.png", "class_sizes.png", "angular_distances.png", "summary.json"):
+    code, _, err = run_cli(capsys, monkeypatch, "classify", "sim.n_centres=3", "sim.per_centre=6",
+                           "sim.phantom_box=32", "n_classes=3", "max_iter=3", "progress=false",
+                           "align.n_angles=36", "align.max_shift=1", f"out_dir={run}")
+    assert code == 0, err
+    for name in ("particles.star", "images.mrcs", "class_averages.mrcs", "classes.star",
+                 "history.csv", "class_gallery.png", "class_sizes.png", "angular_distances.png",
+                 "summary.json", "app.log"):
         assert (run / name).is_file(), name
     ev = tmp_path / "ev"
-    out = run_cli("evaluate", f"evaluate.runs=[{run}]", f"out_dir={ev}")
-    assert out.returncode == 0, out.stderr
+    code, _, err = run_cli(capsys, monkeypatch, "evaluate", f"evaluate.runs=[{run}]",
+                           f"out_dir={ev}")
+    assert code == 0, err
     table = (ev / "class_metrics.tsv").read_text().splitlines()
     assert table[0].startswith("run\tmedian_angle") and len(table) == 2
 
 
-def test_classify_missing_particle_file_is_one_line_exit_2(tmp_path):
-    out = run_cli("classify", "data=file", f"data.path={tmp_path / 'gone.star'}",
-                  f"out_dir={tmp_path / 'run'}")
-    assert out.returncode == 2
-    assert out.stderr.strip().count("\n") == 0 and "gone.star" in out.stderr
-
-
-def test_classify_unknown_trainer_strategy_is_one_line_exit_2(tmp_path):
-    out = run_cli("classify", "trainer.strategy=fsdp", f"out_dir={tmp_path / 'run'}")
-    assert out.returncode == 2, out.stderr
-    assert out.stderr.strip().count("\n") == 0 and "trainer.strategy='fsdp'" in out.stderr
-
-
 @pytest.mark.parametrize("overrides, message", [
-    (["n_classes=50"], "n_classes=50 must be <= the 12 images"),
+    (["n_classes=0"], "n_classes=0 must be an integer >= 1"),
+    (["n_classes=-1"], "n_classes=-1 must be an integer >= 1"),
+    (["n_classes=abc"], "n_classes='abc' must be an integer >= 1"),
+    (["n_classes=2.5"], "n_classes=2.5 must be an integer >= 1"),
+    (["max_iter=-1"], "max_iter=-1 must be an integer >= 1"),
+    (["batch_size=0"], "batch_size=0 must be an integer >= 1"),
+    (["sigma0=2"], "sigma0=2 must be a number in [0, 1]"),
+    (["objective.beta=-1"], "beta=-1 must be a finite number >= 0"),
+    (["+objective.betta=1"], "betta"),
+    (["init=farthest"], "init='farthest' must be one of"),
+    (["trainer.strategy=fsdp"], "trainer.strategy='fsdp'"),
+    (["align.n_angles=7"], "align.n_angles=7 must be even"),
+    (["pipeline=rfa", "pipeline.n_reference_rounds=0"], "pipeline.n_reference_rounds=0"),
+    (["preprocess.in_memory=maybe"], "preprocess.in_memory='maybe'"),
+    (["data=file"], "data.path"),
+    (["n_classes=50"], "n_classes=50 must be <= the 12 items"),
     (["n_classes=2", "preprocess.mask_diameter=500"], "mask_diameter=500"),
+    (["pipeline=msa_mra", "resume=true", "n_classes=2"], "cannot resume"),
 ])
-def test_classify_bad_parameters_are_one_line_exit_2(tmp_path, overrides, message):
-    """K above the number of images and a mask larger than the box: one line, exit 2, and no
-    classification output."""
+def test_classify_bad_values_are_one_line_exit_2_with_nothing_written(capsys, monkeypatch,
+                                                                       tmp_path, overrides,
+                                                                       message):
+    """Each bad value: one line naming it, exit code 2, and the run directory not left behind."""
     run = tmp_path / "run"
-    out = run_cli("classify", "sim.views.n_centres=2", "sim.views.per_centre=6",
-                  "sim.volume.phantom_box=24", *overrides, f"out_dir={run}")
-    assert out.returncode == 2, out.stderr
-    assert out.stderr.strip().count("\n") == 0 and message in out.stderr
-    assert not (run / "particles.star").exists()
+    code, _, err = run_cli(capsys, monkeypatch, "classify", *TINY, *overrides, f"out_dir={run}")
+    assert_one_line(code, err, message)
+    assert not run.exists()
 
 
-def test_classify_empty_star_is_one_line_exit_2(tmp_path):
+def test_classify_missing_particle_file_is_one_line_exit_2(capsys, monkeypatch, tmp_path):
+    code, _, err = run_cli(capsys, monkeypatch, "classify", "data=file",
+                           f"data.path={tmp_path / 'gone.star'}", f"out_dir={tmp_path / 'run'}")
+    assert_one_line(code, err, "gone.star")
+
+
+def test_classify_empty_star_is_one_line_exit_2(capsys, monkeypatch, tmp_path):
     star = tmp_path / "empty.star"
     star.write_text("data_particles\n\nloop_\n_rlnImageName #1\n")
-    out = run_cli("classify", "data=file", f"data.path={star}", f"out_dir={tmp_path / 'run'}")
-    assert out.returncode == 2, out.stderr
-    assert out.stderr.strip().count("\n") == 0 and "empty.star" in out.stderr
+    code, _, err = run_cli(capsys, monkeypatch, "classify", "data=file", f"data.path={star}",
+                           f"out_dir={tmp_path / 'run'}")
+    assert_one_line(code, err, "empty.star")
+
+
+def test_ctrl_c_is_one_line_naming_resume(capsys, monkeypatch, tmp_path):
+    """Ctrl-C during a run: exit code 130 and one line saying how to continue."""
+    import ackmeans_torch.cli.classify as command
+
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(command, "run_classification", interrupted)
+    code, _, err = run_cli(capsys, monkeypatch, "classify", *TINY, f"out_dir={tmp_path / 'run'}")
+    assert_one_line(code, err, "interrupted; resume with resume=true", expected=130)
+
+
+def test_unwritable_output_directory_names_the_path_and_errno(capsys, monkeypatch, tmp_path):
+    """out_dir below a regular file cannot be made: one line with the path and the errno."""
+    blocker = tmp_path / "file"
+    blocker.write_text("")
+    code, _, err = run_cli(capsys, monkeypatch, "simulate", f"out_dir={blocker / 'run'}")
+    assert_one_line(code, err, str(blocker), "Errno 20")

@@ -56,11 +56,11 @@ def test_given_initial_centres_are_used():
 
 
 @pytest.mark.parametrize("kwargs,message", [
-    ({"n_classes": 200}, r"n_items=120 should be >= n_classes=200"),
+    ({"n_classes": 200}, r"n_classes=200 must be <= the 120 items"),
     ({"n_classes": 0}, r"n_classes=0 must be an integer >= 1"),
-    ({"n_classes": 4, "beta": -0.1}, r"beta=-0.1 must be a finite number >= 0"),
-    ({"n_classes": 4, "sigma0": 1.5}, r"sigma0=1.5 must be in \[0, 1\]"),
-    ({"n_classes": 4, "sigma0": -0.01}, r"sigma0=-0.01 must be in \[0, 1\]"),
+    ({"n_classes": 4, "beta": -0.1}, r"beta=-0.1 must be a number >= 0"),
+    ({"n_classes": 4, "sigma0": 1.5}, r"sigma0=1.5 must be a number in \[0, 1\]"),
+    ({"n_classes": 4, "sigma0": -0.01}, r"sigma0=-0.01 must be a number in \[0, 1\]"),
     ({"n_classes": 4, "max_iter": 0}, r"max_iter=0 must be an integer >= 1"),
     ({"n_classes": 4, "batch_size": 0}, r"batch_size=0 must be an integer >= 1"),
     ({"n_classes": 4, "objective": "kmedoids"}, r"objective='kmedoids' must be one of"),

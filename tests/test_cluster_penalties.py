@@ -21,7 +21,7 @@ from ackmeans_torch.cluster.penalties import (
     sizes_without_self,
 )
 
-CONFIGS = Path(__file__).resolve().parents[1] / "configs" / "objective"
+CONFIGS = Path(__file__).resolve().parents[1] / "ackmeans_torch" / "configs" / "objective"
 
 
 class AutogradQuadratic(AutogradPenalty):

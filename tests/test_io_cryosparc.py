@@ -12,7 +12,7 @@ from scipy.spatial.transform import Rotation
 from ackmeans_torch.errors import InputError
 from ackmeans_torch.io.cryosparc import cs_pose_to_euler, read_cs
 from ackmeans_torch.io.star import origins_px, read_particles
-from ackmeans_torch.sim.rotations import euler_to_matrix
+from ackmeans_torch.ops.rotations import euler_to_matrix
 
 
 def write_cs(path, fields: dict[str, np.ndarray]) -> None:

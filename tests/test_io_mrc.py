@@ -13,7 +13,14 @@ import torch
 
 from ackmeans_torch.errors import InputError
 from ackmeans_torch.io import mrc as mrc_module
-from ackmeans_torch.io.mrc import MrcHeaderWarning, open_stack, read_volume, write_stack, write_volume
+from ackmeans_torch.io.mrc import (
+    MrcHeaderWarning,
+    load_volume,
+    open_stack,
+    read_volume,
+    write_stack,
+    write_volume,
+)
 
 
 def write_raw_mrc(path, data: np.ndarray, *, stack: bool = True) -> None:
@@ -205,3 +212,23 @@ def test_failed_write_leaves_no_file_and_keeps_old_one(tmp_path, images, monkeyp
         write_volume(tmp_path / "v.mrc", np.zeros((4, 4, 4)), 2.0)
     assert (tmp_path / "v.mrc").read_bytes() == before
     assert [p.name for p in tmp_path.iterdir()] == ["v.mrc"]
+
+
+def test_load_volume_round_trip_and_voxel_size(tmp_path):
+    """A map written with voxel size 2.5 Å loads back identical with 2.5; an override wins; a
+    header voxel size of 0 without an override asks for voxel_size."""
+    v = torch.from_numpy(np.random.default_rng(1).normal(size=(16, 16, 16)).astype(np.float32))
+    write_volume(tmp_path / "p.mrc", v, 2.5)
+    loaded, voxel = load_volume(tmp_path / "p.mrc")
+    torch.testing.assert_close(loaded, v)
+    assert voxel == pytest.approx(2.5)
+    assert load_volume(tmp_path / "p.mrc", voxel_size=5.0)[1] == 5.0
+    write_volume(tmp_path / "z.mrc", v, 0.0)
+    with pytest.raises(InputError, match="voxel_size"):
+        load_volume(tmp_path / "z.mrc")
+
+
+def test_load_shared_ribosome(shared_data):
+    """The paper's ribosome map loads as 65³ float32; its header has no voxel size, so 5 Å is given."""
+    volume, voxel = load_volume(shared_data / "volumes" / "ribosome70S_65px.mrc", voxel_size=5.0)
+    assert volume.shape == (65, 65, 65) and volume.dtype == torch.float32 and voxel == 5.0

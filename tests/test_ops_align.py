@@ -10,7 +10,9 @@ import pytest
 import torch
 
 from ackmeans_torch.errors import InputError
+from ackmeans_torch.io.mrc import load_volume
 from ackmeans_torch.ops.align import (
+    AlignOptions,
     _even_odd_order,
     _half_spectra,
     _natural_order,
@@ -18,13 +20,14 @@ from ackmeans_torch.ops.align import (
     align_brute_force,
     plan_chunks,
 )
+from ackmeans_torch.ops.fourier import fourier_crop_volume
 from ackmeans_torch.ops.polar import angular_spectrum
 from ackmeans_torch.ops.polar import circular_mask
+from ackmeans_torch.ops.projection import project
 from ackmeans_torch.ops.transform import apply_transform
 from ackmeans_torch.sim.noise import add_gaussian_noise, noise_sigma
-from ackmeans_torch.sim.project import project
-from ackmeans_torch.sim.rotations import random_rotations
-from ackmeans_torch.sim.volume import fourier_crop_volume, load_volume, phantom
+from ackmeans_torch.sim.views import random_rotations
+from ackmeans_torch.sim.volume import phantom
 
 L, M = 64, 128
 SAMPLING = dict(n_angles=M, max_shift=3.0, shift_step=1.0, mask_radius=28)
@@ -100,7 +103,8 @@ def test_distances_match_brute_force_search():
     images = torch.cat([images, _projections(phantom(L), 1, seed=7).double()])
     sampling = dict(n_angles=64, max_shift=2.0, shift_step=1.0, mask_radius=28, mirror=True)
     fast = align(images, references, refine=False, **sampling)
-    slow = align_brute_force(images, references, **sampling)
+    slow = align_brute_force(images, references, AlignOptions(**{
+        k: v for k, v in sampling.items() if k != "mask_radius"}), mask_radius=28)
     mask = circular_mask(L, 28, dtype=torch.float64)
     scale = (images * mask).square().sum((1, 2))[:, None] + (references * mask).square().sum((1, 2))[None]
     error = ((fast.distances - slow.distances).abs() / scale).max().item()

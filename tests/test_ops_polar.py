@@ -10,12 +10,13 @@ import pytest
 import torch
 
 from ackmeans_torch.errors import InputError
-from ackmeans_torch.ops.fourier import fft2c, frequency_grid
+from ackmeans_torch.io.mrc import load_volume
+from ackmeans_torch.ops.fourier import fft2c, fourier_crop_volume, frequency_grid
 from ackmeans_torch.ops.polar import angular_spectrum, circular_mask, polar_transform
+from ackmeans_torch.ops.projection import project
 from ackmeans_torch.ops.transform import rotate_images
-from ackmeans_torch.sim.project import project
-from ackmeans_torch.sim.rotations import random_rotations
-from ackmeans_torch.sim.volume import fourier_crop_volume, load_volume, phantom
+from ackmeans_torch.sim.views import random_rotations
+from ackmeans_torch.sim.volume import phantom
 
 L, M = 64, 128
 

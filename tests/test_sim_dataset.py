@@ -11,17 +11,13 @@ import pytest
 import torch
 
 from ackmeans_torch.errors import InputError
+from ackmeans_torch.ops.ctf import ctf
 from ackmeans_torch.ops.fourier import ifft2c
-from ackmeans_torch.sim.ctf import ctf
+from ackmeans_torch.ops.projection import FourierProjector, relion_origin_to_shift
+from ackmeans_torch.ops.rotations import angle_between_directions, euler_to_matrix, viewing_direction
 from ackmeans_torch.sim.dataset import CENTRE_LABEL_COLUMN, simulate_dataset
 from ackmeans_torch.sim.noise import signal_variance
-from ackmeans_torch.sim.project import FourierProjector, relion_origin_to_shift
-from ackmeans_torch.sim.rotations import (
-    angle_between_directions,
-    euler_to_matrix,
-    half_sphere_points,
-    viewing_direction,
-)
+from ackmeans_torch.sim.views import half_sphere_points
 from ackmeans_torch.sim.volume import phantom
 
 SMALL = dict(n_centres=4, per_centre=5, max_shift_px=3.0, snr=0.1)

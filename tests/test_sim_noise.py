@@ -8,9 +8,9 @@ import pytest
 import torch
 
 from ackmeans_torch.errors import InputError
+from ackmeans_torch.ops.projection import project
 from ackmeans_torch.sim.noise import add_gaussian_noise, noise_sigma, signal_variance
-from ackmeans_torch.sim.project import project
-from ackmeans_torch.sim.rotations import random_rotations
+from ackmeans_torch.sim.views import random_rotations
 from ackmeans_torch.sim.volume import phantom
 
 

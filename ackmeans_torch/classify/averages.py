@@ -20,39 +20,39 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from ackmeans_torch.classify.preprocess import PreparedImages, ctf_of, has_ctf
+from ackmeans_torch.data.prepared import ctf_of, has_ctf
+from ackmeans_torch.data.source import ImageSource
 from ackmeans_torch.errors import InputError
 from ackmeans_torch.ops.fourier import fft2c, ifft2c
 from ackmeans_torch.ops.polar import circular_mask
-from ackmeans_torch.ops.transform import apply_transform
+from ackmeans_torch.ops.transform import Poses, apply_transform
 
 
-def wiener_averages(prepared: PreparedImages, labels: Tensor, angle: Tensor, shift: Tensor,
-                    mirror: Tensor, n_classes: int, *, epsilon: float = 0.1,
-                    chunk_size: int = 1024) -> Tensor:
-    """``(K, L', L')`` Wiener class averages (module docstring) of the images of ``prepared``
-    with ``labels (N,)`` 0-based and their poses ``angle (N,)`` rad, ``shift (N, 2)`` px,
-    ``mirror (N,)`` in their class; masked like the plain averages."""
-    particles = prepared.source.particles
+def wiener_averages(prepared: ImageSource, labels: Tensor, poses: Poses, n_classes: int, *,
+                    epsilon: float = 0.1, chunk_size: int = 1024) -> Tensor:
+    """``(K, L', L')`` Wiener class averages (module docstring) of the preprocessed images of
+    ``prepared`` (``data/prepared.py``) with ``labels (N,)`` 0-based and their ``poses`` in their
+    class; masked like the plain averages."""
+    particles = prepared.particles
     if not has_ctf(particles):
         raise InputError("ctf_averages=true needs CTF columns (rlnDefocusU, ...) in the particle "
                          "table; set ctf_averages=false")
     if not epsilon > 0:
         raise InputError(f"wiener_epsilon={epsilon} must be > 0")
-    flipped = prepared.phase_flipped or bool(
-        (particles.get("rlnCtfDataArePhaseFlipped", 0) == 1).all())
+    flipped = prepared.phase_flipped
     size, device = prepared.box_size, prepared.device
     numerator = torch.zeros(n_classes, size, size, dtype=torch.complex64, device=device)
     weight = torch.zeros(n_classes, size, size, device=device)
     for start in range(0, len(prepared), chunk_size):
         idx = np.arange(start, min(start + chunk_size, len(prepared)))
-        images = prepared.read(idx)
+        images = prepared.images(idx)
         c = ctf_of(particles.iloc[idx], size=size, pixel_size=prepared.pixel_size, device=device)
         weighted = ifft2c(fft2c(images) * (c.abs() if flipped else c)).real
-        lab, a, t, m = (v[idx].to(device) for v in (labels, angle, shift, mirror))
-        aligned = apply_transform(weighted, a, t, m, inverse=True)
-        numerator.index_add_(0, lab, fft2c(aligned).to(numerator.dtype))
-        turned = apply_transform(c * c, a, torch.zeros_like(t), m, inverse=True)
+        index = torch.as_tensor(idx)
+        lab, chunk = labels[index].to(device), poses.select(index).to(device)
+        numerator.index_add_(0, lab, fft2c(chunk.to_class_frame(weighted)).to(numerator.dtype))
+        turned = apply_transform(c * c, chunk.angle, torch.zeros_like(chunk.shift), chunk.mirror,
+                                 inverse=True)
         weight.index_add_(0, lab, turned.clamp_min(0))
     counts = torch.bincount(labels.to(device), minlength=n_classes).to(weight.dtype)
     averages = ifft2c(numerator / (weight + epsilon * counts[:, None, None])).real

@@ -1,4 +1,4 @@
-"""Checkpoint and resume of a classification, and its per-iteration record (issue 7, issue 5's log).
+"""Checkpoint and resume of a classification, and its per-iteration record.
 
 After every iteration rank zero writes, atomically (``io/atomic.py``), into the run directory:
 
@@ -21,13 +21,13 @@ import logging
 from pathlib import Path
 
 import torch
-from torch import Tensor
 
 from ackmeans_torch.classify.distributed import Resume
 from ackmeans_torch.classify.outputs import history_frame
 from ackmeans_torch.cluster.engine import LoopState
 from ackmeans_torch.errors import InputError
 from ackmeans_torch.io.atomic import atomic_output
+from ackmeans_torch.ops.transform import Poses
 
 __all__ = ["CHECKPOINT_NAME", "config_hash", "save_checkpoint", "load_checkpoint",
            "IterationRecorder"]
@@ -43,14 +43,13 @@ def config_hash(config: dict) -> str:
     return hashlib.sha256(json.dumps(config, sort_keys=True, default=str).encode()).hexdigest()
 
 
-def save_checkpoint(path: Path, *, state: LoopState, poses: dict[str, Tensor],
-                    config_hash: str) -> None:
+def save_checkpoint(path: Path, *, state: LoopState, poses: Poses, config_hash: str) -> None:
     """Write ``state`` and ``poses`` (CPU copies) to ``path`` atomically."""
     payload = {
         "format": _FORMAT, "config_hash": config_hash, "iteration": state.iteration,
         "labels": state.labels.cpu(), "centers": state.centers.cpu(), "sizes": state.sizes.cpu(),
         "history": list(state.history), "generator_state": state.generator_state.cpu(),
-        "poses": {key: value.cpu() for key, value in poses.items()},
+        "poses": {key: value.cpu() for key, value in poses.as_dict().items()},
     }
     with atomic_output(path) as tmp:
         torch.save(payload, tmp)
@@ -71,7 +70,7 @@ def load_checkpoint(path: Path, *, config_hash: str) -> Resume:
     state = LoopState(iteration=data["iteration"], labels=data["labels"],
                       centers=data["centers"], sizes=data["sizes"], history=data["history"],
                       generator_state=data["generator_state"])
-    return Resume(state=state, poses=data["poses"])
+    return Resume(state=state, poses=Poses(**data["poses"]))
 
 
 class IterationRecorder:
@@ -89,7 +88,7 @@ class IterationRecorder:
             self.bar = tqdm(total=max_iter + 1, initial=first_iteration, unit="it",
                             desc="classify", dynamic_ncols=True)
 
-    def __call__(self, state: LoopState, poses: dict[str, Tensor]) -> None:
+    def __call__(self, state: LoopState, poses: Poses) -> None:
         if not self.rank_zero:
             return
         save_checkpoint(self.run_dir / CHECKPOINT_NAME, state=state, poses=poses,

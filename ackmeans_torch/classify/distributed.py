@@ -18,34 +18,36 @@ The engine's hooks (``cluster/engine.py``) are filled in here:
 * ``reduce(dict)``: element-wise sum over processes through ``Fabric.all_reduce`` — the dict's
   tensors are packed into one flat buffer per dtype, so a size refresh is one collective.
 
-:class:`RunHooks` is what every pipeline function takes (``classify_mra``, ``classify_rfa``, the
-MSA/MRA one): the two hooks, a per-iteration callback (checkpoint, log, progress — rank zero
-decides what to write) and a saved state to continue from.
+:class:`RunHooks` is what every pipeline takes (``classify/run.py``): the two hooks, a
+per-iteration callback (checkpoint, log, progress — rank zero decides what to write) and a saved
+state to continue from. :class:`TrainerOptions` (``configs/trainer/*.yaml``) says where to run.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 
 import torch
 from torch import Tensor
 
 from ackmeans_torch.cluster.engine import LoopState, Reduce, Shard, identity
-from ackmeans_torch.errors import InputError
+from ackmeans_torch.errors import InputError, check_int
+from ackmeans_torch.ops.transform import Poses
 
-__all__ = ["RunHooks", "Resume", "make_fabric", "fabric_hooks", "pack_reduce", "gather_owned"]
+__all__ = ["RunHooks", "Resume", "TrainerOptions", "make_fabric", "fabric_hooks", "pack_reduce",
+           "gather_owned"]
 
 STRATEGIES = ("auto", "ddp", "ddp_spawn")
+ACCELERATORS = ("cpu", "cuda", "gpu", "mps", "auto")
 
 
 @dataclass
 class Resume:
-    """A saved point to continue from: the engine's state and the poses ``angle (N,)``, ``shift
-    (N, 2)``, ``mirror (N,)``, ``distance (N,)`` of the same iteration."""
+    """A saved point to continue from: the engine's state and the poses of the same iteration."""
 
     state: LoopState
-    poses: dict[str, Tensor]
+    poses: Poses
 
 
 @dataclass
@@ -58,7 +60,7 @@ class RunHooks:
 
     shard: Shard = identity
     reduce: Reduce = identity
-    on_iteration: Callable[[LoopState, dict[str, Tensor]], None] | None = None
+    on_iteration: Callable[[LoopState, Poses], None] | None = None
     resume: Resume | None = None
 
 
@@ -95,19 +97,38 @@ def gather_owned(values: dict[str, Tensor], owned: Tensor, reduce: Reduce) -> di
             for key in values}
 
 
-def make_fabric(*, accelerator: str = "cpu", strategy: str = "auto", devices: int | str = 1,
-                num_nodes: int = 1):
-    """A launched :class:`lightning.fabric.Fabric` (``configs/trainer/*.yaml`` keyword names).
+@dataclass(frozen=True, kw_only=True)
+class TrainerOptions:
+    """Where a run goes: Lightning Fabric's ``accelerator`` ("cpu", "cuda", "gpu", "auto"),
+    ``strategy`` (one of :data:`STRATEGIES`), ``devices`` per node and ``num_nodes``."""
+
+    accelerator: str = "cpu"
+    strategy: str = "auto"
+    devices: int | str = 1
+    num_nodes: int = 1
+
+    def __post_init__(self) -> None:
+        if self.strategy not in STRATEGIES:
+            raise InputError(f"trainer.strategy={self.strategy!r} must be one of {STRATEGIES}")
+        if self.accelerator not in ACCELERATORS:
+            raise InputError(f"trainer.accelerator={self.accelerator!r} must be one of "
+                             f"{ACCELERATORS}")
+        if not (self.devices == "auto" or (isinstance(self.devices, int)
+                                           and not isinstance(self.devices, bool)
+                                           and self.devices >= 1)):
+            raise InputError(f"trainer.devices={self.devices!r} must be an integer >= 1 or auto")
+        check_int("trainer.num_nodes", self.num_nodes, 1)
+
+
+def make_fabric(options: TrainerOptions):
+    """A launched :class:`lightning.fabric.Fabric` for ``options``.
 
     With ``strategy="ddp"`` and no launcher environment (torchrun, SLURM) Lightning re-executes
     the command line once per extra local device; under ``srun``/``torchrun`` it joins the
     processes they started. Returns the Fabric object after ``launch()``."""
-    if strategy not in STRATEGIES:
-        raise InputError(f"trainer.strategy={strategy!r} must be one of {STRATEGIES}")
     from lightning.fabric import Fabric  # imported here: the library does not need Lightning
 
-    fabric = Fabric(accelerator=accelerator, strategy=strategy, devices=devices,
-                    num_nodes=num_nodes)
+    fabric = Fabric(**asdict(options))
     fabric.launch()
     return fabric
 

@@ -14,24 +14,28 @@ Poses are finally recomputed against each image's own class average, so the repo
 one that average is built with.
 
 This pipeline chains several engine runs, so it runs in one process and cannot resume from a
-checkpoint (``pipeline=mra`` or ``rfa`` can); it says so rather than running wrongly.
+checkpoint (``pipeline=mra`` or ``rfa`` can): it says so (``resumable``/``distributed``), and
+the run refuses such a request before it starts.
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass, replace
+
 import torch
 from torch import Tensor
 
+from ackmeans_torch.classify.common import Classification, class_frame_averages, class_means
 from ackmeans_torch.classify.distributed import RunHooks
-from ackmeans_torch.classify.mra import recentre
-from ackmeans_torch.classify.outputs import Classification
-from ackmeans_torch.classify.preprocess import PreparedImages
-from ackmeans_torch.cluster.engine import SquaredEuclidean, fit_clusters
-from ackmeans_torch.cluster.init import initial_centers
-from ackmeans_torch.errors import InputError
-from ackmeans_torch.ops.align import align
+from ackmeans_torch.classify.run import Pipeline
+from ackmeans_torch.cluster.engine import SquaredEuclidean
+from ackmeans_torch.cluster.options import ClusterOptions
+from ackmeans_torch.cluster.penalties import SizeRule
+from ackmeans_torch.data.source import ImageSource
+from ackmeans_torch.errors import check_int
+from ackmeans_torch.ops.align import AlignOptions
 from ackmeans_torch.ops.polar import circular_mask, polar_transform
-from ackmeans_torch.ops.transform import apply_transform
+from ackmeans_torch.ops.transform import Poses
 
 
 def invariant_features(images: Tensor, *, n_angles: int, mask_radius: float) -> Tensor:
@@ -54,90 +58,71 @@ def principal_components(x: Tensor, n_components: int, *, seed: int) -> Tensor:
 
 
 def _own_class_poses(images: Tensor, labels: Tensor, references: Tensor, *, mask_radius: float,
-                     align_options: dict) -> dict[str, Tensor]:
+                     align: AlignOptions) -> Poses:
     """Pose and distance of every image against its own class's reference (one small alignment
     per class instead of N × K)."""
-    n = len(images)
-    out = {"angle": images.new_zeros(n), "shift": images.new_zeros(n, 2),
-           "mirror": torch.zeros(n, dtype=torch.bool, device=images.device),
-           "distance": images.new_zeros(n)}
+    poses = Poses.zeros(len(images), device=images.device, dtype=images.dtype)
     for j in labels.unique():
         members = (labels == j).nonzero().squeeze(1)
-        best = align(images[members], references[j : j + 1], mode="best",
-                     mask_radius=mask_radius, **align_options)
-        out["angle"][members], out["shift"][members] = best.angle, best.shift
-        out["mirror"][members], out["distance"][members] = best.mirror, best.distance
-    return out
+        poses.put(members, align.align(images[members], references[j: j + 1], mode="best",
+                                       mask_radius=mask_radius).poses)
+    return poses
 
 
-def _class_means(values: Tensor, labels: Tensor, n_classes: int) -> Tensor:
-    """``(K, ...)`` mean of ``values (N, ...)`` per label; an empty class is 0."""
-    sums = values.new_zeros(n_classes, *values.shape[1:]).index_add_(0, labels, values)
-    counts = torch.bincount(labels, minlength=n_classes).clamp_min(1).to(values.dtype)
-    return sums / counts.view(-1, *([1] * (values.ndim - 1)))
+@dataclass(frozen=True)
+class MSAMRA(Pipeline):
+    """MSA start (``n_components`` principal components of invariant features), then
+    ``n_rounds`` rounds of alignment to the class averages with clustering in the PCA space of the
+    aligned images (module docstring). The options' ``max_iter``/``sigma0`` bound each
+    clustering."""
 
+    n_components: int = 20
+    n_rounds: int = 4
+    label = "MSA/MRA"
+    resumable = False
+    distributed = False
 
-def _averages(images: Tensor, labels: Tensor, poses: dict[str, Tensor], mask: Tensor,
-              n_classes: int) -> Tensor:
-    aligned = apply_transform(images, poses["angle"], poses["shift"], poses["mirror"],
-                              inverse=True) * mask
-    return recentre(_class_means(aligned, labels, n_classes), mask) * mask
+    def __post_init__(self) -> None:
+        check_int("pipeline.n_components", self.n_components, 1)
+        check_int("pipeline.n_rounds", self.n_rounds, 0)
 
+    def classify(self, images: ImageSource, *, rule: SizeRule, options: ClusterOptions,
+                 align: AlignOptions, mask_radius: float, hooks: RunHooks) -> Classification:
+        stack = images.to_tensor(options.chunk_size)
+        n_classes = options.n_classes
+        mask = circular_mask(stack.shape[-1], mask_radius, device=stack.device, dtype=stack.dtype)
 
-def classify_msa_mra(images: Tensor | PreparedImages, *, n_classes: int, rule,
-                     mask_radius: float, align_options: dict, n_components: int = 20,
-                     n_rounds: int = 4, init: str = "random", max_iter: int = 20,
-                     sigma0: float = 0.01, batch_size: int = 1, chunk_size: int = 4096,
-                     seed: int = 0, hooks: RunHooks | None = None) -> Classification:
-    """MSA/MRA classification of preprocessed ``images (N, L, L)`` (module docstring; the
-    pipelines' common signature, ``classify/mra.py``). ``max_iter``/``sigma0`` bound each
-    clustering; ``n_rounds`` MRA rounds follow the MSA start."""
-    hooks = hooks or RunHooks()
-    if isinstance(images, PreparedImages):
-        images = images.materialise()
-    if hooks.resume is not None:
-        raise InputError("pipeline=msa_mra cannot resume from a checkpoint; use pipeline=mra "
-                         "or rfa, or start afresh (resume=false)")
-    if len(hooks.shard(torch.arange(len(images)))) != len(images):
-        raise InputError("pipeline=msa_mra runs in one process; use trainer=cpu/gpu, or "
-                         "pipeline=mra for trainer=ddp")
-    generator = torch.Generator().manual_seed(seed)
-    mask = circular_mask(images.shape[-1], mask_radius, device=images.device, dtype=images.dtype)
-    n_angles = align_options.get("n_angles", 128)
+        generator = torch.Generator().manual_seed(options.seed)
 
-    def cluster(features: Tensor, start) -> tuple[Tensor, list[dict], bool]:
-        provider = SquaredEuclidean(features)
-        centers = start if isinstance(start, Tensor) else initial_centers(
-            provider, n_classes, method=start, generator=generator)
-        result = fit_clusters(provider, centers, rule=rule, max_iter=max_iter, sigma0=sigma0,
-                              batch_size=batch_size, chunk_size=chunk_size, generator=generator)
-        return result.labels, result.history, result.converged
+        def cluster(features: Tensor, start: str | Tensor):
+            return replace(options, init=start).fit(SquaredEuclidean(features), rule=rule,
+                                                    generator=generator)
 
-    features = principal_components(
-        invariant_features(images, n_angles=n_angles, mask_radius=mask_radius),
-        n_components, seed=seed)
-    labels, history, converged = cluster(features, init)
-    # initial references: per class, the member nearest the class centre in feature space
-    gap = (features - _class_means(features, labels, n_classes)[labels]).pow(2).sum(1)
-    medoid = torch.zeros(n_classes, dtype=torch.long, device=images.device)
-    for j in labels.unique():
-        members = (labels == j).nonzero().squeeze(1)
-        medoid[j] = members[gap[members].argmin()]
-    references = images[medoid] * mask
-    poses = _own_class_poses(images, labels, references, mask_radius=mask_radius,
-                             align_options=align_options)
-    references = _averages(images, labels, poses, mask, n_classes)
-    for _ in range(n_rounds):
-        best = align(images, references, mode="best", mask_radius=mask_radius, **align_options)
-        aligned = apply_transform(images, best.angle, best.shift, best.mirror, inverse=True) * mask
-        features = principal_components(aligned.reshape(len(images), -1), n_components, seed=seed)
-        labels, round_history, converged = cluster(
-            features, _class_means(features, labels, n_classes))
-        history += round_history
-        poses = {"angle": best.angle, "shift": best.shift, "mirror": best.mirror}
-        references = _averages(images, labels, poses, mask, n_classes)
-    poses = _own_class_poses(images, labels, references, mask_radius=mask_radius,
-                             align_options=align_options)
-    sizes = torch.bincount(labels, minlength=n_classes)
-    return Classification(labels=labels, averages=_averages(images, labels, poses, mask, n_classes),
-                          sizes=sizes, history=history, converged=converged, **poses)
+        features = principal_components(
+            invariant_features(stack, n_angles=align.n_angles, mask_radius=mask_radius),
+            self.n_components, seed=options.seed)
+        result = cluster(features, options.init)
+        labels, history = result.labels, list(result.history)
+        # initial references: per class, the member nearest the class centre in feature space
+        gap = (features - class_means(features, labels, n_classes)[labels]).pow(2).sum(1)
+        medoid = torch.zeros(n_classes, dtype=torch.long, device=stack.device)
+        for j in labels.unique():
+            members = (labels == j).nonzero().squeeze(1)
+            medoid[j] = members[gap[members].argmin()]
+        poses = _own_class_poses(stack, labels, stack[medoid] * mask, mask_radius=mask_radius,
+                                 align=align)
+        references = class_frame_averages(stack, labels, poses, mask, n_classes)
+        for _ in range(self.n_rounds):
+            poses = align.align(stack, references, mode="best", mask_radius=mask_radius).poses
+            aligned = poses.to_class_frame(stack) * mask
+            features = principal_components(aligned.reshape(len(stack), -1), self.n_components,
+                                            seed=options.seed)
+            result = cluster(features, class_means(features, labels, n_classes))
+            labels = result.labels
+            history += result.history
+            references = class_frame_averages(stack, labels, poses, mask, n_classes)
+        poses = _own_class_poses(stack, labels, references, mask_radius=mask_radius, align=align)
+        return Classification(labels=labels, poses=poses,
+                              averages=class_frame_averages(stack, labels, poses, mask, n_classes),
+                              sizes=torch.bincount(labels, minlength=n_classes), history=history,
+                              converged=result.converged)

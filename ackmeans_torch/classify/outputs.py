@@ -17,7 +17,6 @@ Files (all written atomically into the run directory):
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -26,36 +25,20 @@ import starfile
 import torch
 from torch import Tensor
 
+from ackmeans_torch.classify.common import Classification
+from ackmeans_torch.data.source import ImageSource
 from ackmeans_torch.eval.plots import class_gallery, ranked_sizes
 from ackmeans_torch.io.atomic import atomic_output
 from ackmeans_torch.io.mrc import write_stack
 from ackmeans_torch.io.star import write_particles
-from ackmeans_torch.sim.project import relion_origin_to_shift
-
-
-@dataclass
-class Classification:
-    """``labels (N,)`` 0-based; per image its pose in its class: ``angle (N,)`` rad, ``shift
-    (N, 2)`` px, ``mirror (N,)`` bool (``ops/transform.py`` conventions: the class average moved
-    onto the image), ``distance (N,)``; ``averages (K, L, L)``, ``sizes (K,)``; the engine's
-    per-iteration ``history`` and whether σ ≤ σ0 was reached."""
-
-    labels: Tensor
-    angle: Tensor
-    shift: Tensor
-    mirror: Tensor
-    distance: Tensor
-    averages: Tensor
-    sizes: Tensor
-    history: list[dict]
-    converged: bool
+from ackmeans_torch.ops.projection import relion_origin_to_shift
 
 
 def pose_to_relion(angle: Tensor, shift: Tensor, pixel_size: float) -> dict[str, np.ndarray]:
     """Aligner pose → RELION columns. The aligner's ``T = S_t ∘ R_a`` moves the class average
     onto the image; RELION's in-plane ``psi`` turns its reference the other way (measured with
     the Fourier projector: psi = 40° is a = −40°, tests/test_classify_outputs.py), and its origin
-    is minus the content shift (``sim.project.relion_origin_to_shift``). psi in (−180, 180]."""
+    is minus the content shift (``ops.projection.relion_origin_to_shift``). psi in (−180, 180]."""
     psi = -torch.rad2deg(angle.double())
     psi = torch.remainder(psi + 180.0, 360.0) - 180.0
     psi = torch.where(psi == -180.0, torch.full_like(psi, 180.0), psi)
@@ -72,20 +55,27 @@ def history_frame(history: list[dict]) -> pd.DataFrame:
 
 
 def write_outputs(run_dir: Path, result: Classification, particles: pd.DataFrame, *,
-                  pixel_size: float, title: str = "") -> dict[str, Path]:
+                  pixel_size: float, title: str = "",
+                  images: ImageSource | None = None) -> dict[str, Path]:
     """Write every file of the module docstring for ``result`` on ``particles`` (the input table,
-    one row per image, image names already valid from ``run_dir``). Returns name → path."""
+    one row per image, image names already valid from ``run_dir``). ``images``: a source held in
+    memory only, whose images are written as ``images.mrcs`` (the names ``particles`` gives
+    them). Returns name → path."""
     run_dir = Path(run_dir)
     paths = {name: run_dir / name for name in
              ("particles.star", "class_averages.mrcs", "classes.star", "history.csv",
               "class_gallery.png", "class_sizes.png")}
+    if images is not None:
+        paths["images.mrcs"] = run_dir / "images.mrcs"
+        write_stack(paths["images.mrcs"], images.to_tensor().cpu(), images.pixel_size)
     averages = result.averages.detach().float().cpu()
     sizes = result.sizes.cpu().numpy()
+    poses = result.poses
     table = particles.reset_index(drop=True).assign(
         rlnClassNumber=result.labels.cpu().numpy() + 1,
-        rlnIsFlip=result.mirror.cpu().numpy().astype(int),
-        rlnAckMeansDistance=result.distance.double().cpu().numpy(),
-        **pose_to_relion(result.angle, result.shift, pixel_size),
+        rlnIsFlip=poses.mirror.cpu().numpy().astype(int),
+        rlnAckMeansDistance=poses.distance.double().cpu().numpy(),
+        **pose_to_relion(poses.angle, poses.shift, pixel_size),
     )
     # the pose columns now refer to the class averages' box and pixel size
     table = table.drop(columns=[c for c in ("rlnOriginX", "rlnOriginY") if c in table])

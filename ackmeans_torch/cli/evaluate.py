@@ -10,6 +10,7 @@ Examples::
 
 from __future__ import annotations
 
+import json
 import logging
 from pathlib import Path
 
@@ -35,14 +36,15 @@ def _classified_star(run: str) -> Path:
 
 
 def run_label(run: str | Path) -> str:
-    """``pipeline / objective / SNR`` of a classify run directory (from its config.yaml), else
-    the file or folder name."""
-    config = Path(run) / "config.yaml"
-    if not config.is_file():
+    """``pipeline / objective / SNR`` of a classify run directory (its summary.json and
+    config.yaml), else the file or folder name."""
+    summary, config = Path(run) / "summary.json", Path(run) / "config.yaml"
+    if not (summary.is_file() and config.is_file()):
         return Path(run).name or str(run)
+    label = json.loads(summary.read_text()).get("label", Path(run).name)
     cfg = OmegaConf.load(config)
-    label = f"{cfg.pipeline.name} / {cfg.objective._target_.rsplit('.', 1)[-1]}"
-    snr = OmegaConf.select(cfg, "sim.noise.snr") if cfg.data.source == "simulated" else None
+    simulated = str(OmegaConf.select(cfg, "data._target_", default="")).endswith("from_spec")
+    snr = OmegaConf.select(cfg, "sim.snr") if simulated else None
     return f"{label} / SNR {snr:.3g}" if snr is not None else label
 
 

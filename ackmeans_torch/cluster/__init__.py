@@ -7,5 +7,7 @@ from ackmeans_torch.cluster.engine import (
     fit_clusters,
 )
 from ackmeans_torch.cluster.estimator import ACKMeans
+from ackmeans_torch.cluster.options import ClusterOptions
 
-__all__ = ["ACKMeans", "ConvergenceWarning", "Dissimilarity", "SquaredEuclidean", "fit_clusters"]
+__all__ = ["ACKMeans", "ClusterOptions", "ConvergenceWarning", "Dissimilarity",
+           "SquaredEuclidean", "fit_clusters"]

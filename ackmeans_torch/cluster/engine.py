@@ -1,10 +1,11 @@
 """The ACK-means loop (paper, "Implementation algorithm") for any dissimilarity and any size rule.
 
-The loop needs only two things from the data, both behind :class:`Dissimilarity`:
-``dissimilarity(index, centers)`` → (B, K) and ``class_sums(index, labels, centers)`` → (K, *F)
-per-class sums of the items as they enter the update (raw vectors here; aligned images for MRA).
-Centroids are sums / counts, so the per-class statistics (sums, counts, Σd, moves) are all that a
-distributed run has to add up across processes.
+The loop needs three things from the data, all behind :class:`Dissimilarity`:
+``dissimilarity(index, centers)`` → (B, K); ``statistics(index, labels, centers)`` → a dict of
+per-class tensors (K, …) that the loop only adds up (over chunks, and across processes); and
+``update(statistics, previous)`` → the new centres (the M-step). The default M-step is the class
+mean, sums / counts (K-means, MRA); a reconstruction Σ CTF·X / (Σ CTF² + ε) is the same contract
+with other statistics. The loop adds ``counts`` (K,) to the statistics itself.
 
 Paper pseudocode → this module:
   1  initial centroids ........................ ``cluster/init.py``
@@ -14,8 +15,11 @@ Paper pseudocode → this module:
   13 update centroids, 14 σ ................... end of each iteration; stop when σ ≤ σ0
 Centroids stay fixed during a pass (step 13 comes after the for-loop). With ``batch_size=B`` the
 sizes are refreshed after each batch of B items instead of each item; B = 1 is the paper.
+The size rule (``cluster/penalties.py``) says how it assigns: per-item scores refreshed by batch
+(``SizePenalty``), or one global assignment of the whole (N, K) matrix (``GlobalSizeRule``,
+EQK-means); it also names the rule of the initial pass (``first_pass``).
 
-Scale-out hooks (issue 7), both identity by default:
+Scale-out hooks, both identity by default:
 * ``shard(index) -> index``: the part of a *global* batch this process classifies;
 * ``reduce(dict of tensors) -> dict``: element-wise sum over processes (all-reduce).
 Every process walks the same global batches in the same order, all-reduces each batch's size
@@ -25,10 +29,10 @@ one process with the same global batches (up to float summation order in the sum
 The 10 probe items for d_c and the initial centroids are addressed by global index and drawn from
 the same generator on every process, so they need no communication.
 
-Checkpoint hooks (issue 7): ``on_iteration(state)`` is called on every process after each
-iteration's update with a :class:`LoopState` (everything the loop carries from one iteration to
-the next, the generator's state included); ``start=state`` continues from such a state, so a run
-stopped after iteration t and continued from its state gives the uninterrupted run's result.
+Checkpoint hooks: ``on_iteration(state)`` is called on every process after each iteration's update
+with a :class:`LoopState` (everything the loop carries from one iteration to the next, the
+generator's state included); ``start=state`` continues from such a state, so a run stopped after
+iteration t and continued from its state gives the uninterrupted run's result.
 
 Empty classes keep their previous centroid (no 0/0); the size rule decides whether they refill
 (see ``cluster/penalties.py``); ``history[t]["n_empty"]`` counts them.
@@ -45,7 +49,7 @@ from dataclasses import dataclass, field
 import torch
 from torch import Tensor
 
-from ackmeans_torch.cluster.penalties import EqualSize, NoPenalty, SizePenalty
+from ackmeans_torch.cluster.penalties import GlobalSizeRule, SizePenalty, SizeRule
 from ackmeans_torch.errors import InputError
 
 __all__ = [
@@ -88,8 +92,20 @@ class Dissimilarity(ABC):
         """(B, K) dissimilarities of items ``index`` to ``centers`` (K, *F)."""
 
     @abstractmethod
-    def class_sums(self, index: Tensor, labels: Tensor, centers: Tensor) -> Tensor:
-        """(K, *F) sum of items ``index`` (as they enter class averages) grouped by ``labels`` (B,)."""
+    def statistics(self, index: Tensor, labels: Tensor, centers: Tensor) -> dict[str, Tensor]:
+        """Per-class sufficient statistics of items ``index`` put in classes ``labels`` (B,):
+        tensors with K rows that add up over chunks and processes (the default M-step wants
+        ``{"sums": (K, *F)}``, the items as they enter the class means). An empty ``index`` (a
+        process owning none of a chunk) gives zeros of the same shapes."""
+
+    def update(self, statistics: dict[str, Tensor], previous: Tensor) -> Tensor:
+        """The M-step: new centres (K, *F) from the summed ``statistics`` (with the loop's
+        ``counts`` (K,)) and the ``previous`` centres. Default: the class means (paper step 13);
+        an empty class keeps its previous centroid."""
+        sums, counts = statistics["sums"], statistics["counts"]
+        shape = (-1,) + (1,) * (previous.ndim - 1)
+        means = sums / counts.clamp_min(1).to(sums.dtype).view(shape)
+        return torch.where((counts > 0).view(shape), means, previous)
 
 
 class SquaredEuclidean(Dissimilarity):
@@ -123,7 +139,7 @@ class SquaredEuclidean(Dissimilarity):
         d += self._sq_norms[index.to(self.x.device), None]
         return d.clamp_min_(0.0)
 
-    def class_sums(self, index: Tensor, labels: Tensor, centers: Tensor) -> Tensor:
+    def statistics(self, index: Tensor, labels: Tensor, centers: Tensor) -> dict[str, Tensor]:
         # A sparse one-hot (K, B) product instead of index_add_: index_add_'s multi-threaded CPU
         # path was 5-1000x slower here (measured, 2-core machine), the sums are identical.
         index, labels = index.to(self.x.device), labels.to(self.x.device)
@@ -131,7 +147,7 @@ class SquaredEuclidean(Dissimilarity):
             torch.stack([labels, torch.arange(len(index), device=self.x.device)]),
             torch.ones(len(index), dtype=self.x.dtype, device=self.x.device),
             (centers.shape[0], len(index)), check_invariants=False)
-        return torch.sparse.mm(one_hot, self._rows(index))
+        return {"sums": torch.sparse.mm(one_hot, self._rows(index))}
 
 
 def characteristic_dissimilarity(provider: Dissimilarity, centers: Tensor, *,
@@ -181,12 +197,8 @@ def _check_finite(d: Tensor, first: int) -> None:
             f"non-finite dissimilarity for items from index {first}; check the input for NaN/inf")
 
 
-def _update_centers(centers: Tensor, sums: Tensor, counts: Tensor) -> Tensor:
-    """Class means (paper step 13); an empty class keeps its previous centroid."""
-    shape = (-1,) + (1,) * (centers.ndim - 1)
-    filled = (counts > 0).view(shape)
-    means = sums / counts.clamp_min(1).to(sums.dtype).view(shape)
-    return torch.where(filled, means, centers)
+def _add(total: dict[str, Tensor] | None, part: dict[str, Tensor]) -> dict[str, Tensor]:
+    return dict(part) if total is None else {key: total[key] + part[key] for key in total}
 
 
 def _pass(provider: Dissimilarity, centers: Tensor, labels: Tensor, sizes: Tensor,
@@ -200,7 +212,7 @@ def _pass(provider: Dissimilarity, centers: Tensor, labels: Tensor, sizes: Tenso
     n, k = provider.n_items, centers.shape[0]
     device = centers.device
     new_labels = torch.zeros(n, dtype=torch.int64, device=device)  # label + 1 on own items
-    sums = torch.zeros_like(centers)
+    statistics = None
     counts = torch.zeros(k, dtype=torch.int64, device=device)
     d_sum = torch.zeros((), dtype=torch.float64, device=device)
     moves = torch.zeros((), dtype=torch.int64, device=device)
@@ -229,18 +241,19 @@ def _pass(provider: Dissimilarity, centers: Tensor, labels: Tensor, sizes: Tenso
             offset += b
         dev_index = chunk_index.to(device)
         new_labels[dev_index] = chunk_new + 1
-        sums += provider.class_sums(chunk_index, chunk_new, centers)
+        statistics = _add(statistics, provider.statistics(chunk_index, chunk_new, centers))
         counts += torch.bincount(chunk_new, minlength=k)
         d_sum += d.gather(1, chunk_new[:, None]).sum().to(torch.float64)
         moves += (chunk_new != cur).sum()
-    stats = reduce({"labels": new_labels, "sums": sums, "counts": counts, "d_sum": d_sum,
+    stats = reduce({**statistics, "labels": new_labels, "counts": counts, "d_sum": d_sum,
                     "moves": moves})
     return stats["labels"] - 1, sizes, stats
 
 
-def _eqk_pass(provider: Dissimilarity, centers: Tensor, labels: Tensor, rule: EqualSize, *,
-              chunk_size: int, shard: Shard, reduce: Reduce) -> tuple[Tensor, dict[str, Tensor]]:
-    """EQK-means pass: the global equal-size assignment needs the whole (N, K) matrix."""
+def _global_pass(provider: Dissimilarity, centers: Tensor, labels: Tensor, rule: GlobalSizeRule,
+                 *, chunk_size: int, shard: Shard,
+                 reduce: Reduce) -> tuple[Tensor, dict[str, Tensor]]:
+    """A pass of a global rule (EQK-means): it assigns from the whole (N, K) matrix at once."""
     n, k = provider.n_items, centers.shape[0]
     d_all = centers.new_zeros((n, k))
     for start in range(0, n, chunk_size):
@@ -251,12 +264,12 @@ def _eqk_pass(provider: Dissimilarity, centers: Tensor, labels: Tensor, rule: Eq
             d_all[idx.to(centers.device)] = d
     d_all = reduce({"d": d_all})["d"]
     new = rule.assign(d_all)
-    sums = torch.zeros_like(centers)
+    statistics = None
     for start in range(0, n, chunk_size):
         idx = shard(torch.arange(start, min(n, start + chunk_size)))
-        if len(idx):
-            sums += provider.class_sums(idx, new[idx.to(centers.device)], centers)
-    stats = reduce({"sums": sums})
+        statistics = _add(statistics, provider.statistics(idx, new[idx.to(centers.device)],
+                                                          centers))
+    stats = reduce(statistics)
     stats.update(counts=torch.bincount(new, minlength=k),
                  d_sum=d_all.gather(1, new[:, None]).sum().to(torch.float64),
                  moves=(new != labels).sum())
@@ -264,7 +277,7 @@ def _eqk_pass(provider: Dissimilarity, centers: Tensor, labels: Tensor, rule: Eq
 
 
 @torch.no_grad()  # hard assignment: no graph, also not through an autograd penalty's marginal
-def fit_clusters(provider: Dissimilarity, centers: Tensor, *, rule: SizePenalty | EqualSize,
+def fit_clusters(provider: Dissimilarity, centers: Tensor, *, rule: SizeRule,
                  max_iter: int = 100, sigma0: float = 0.0, batch_size: int = 1,
                  chunk_size: int = 4096, n_probe: int = 10, generator: torch.Generator,
                  shard: Shard = identity, reduce: Reduce = identity,
@@ -302,31 +315,27 @@ def fit_clusters(provider: Dissimilarity, centers: Tensor, *, rule: SizePenalty 
         if converged:
             first = max_iter + 1
     for it in range(first, max_iter + 1):
-        if it == 0 and not isinstance(rule, EqualSize):
-            # Paper steps 2–3: plain nearest-centroid assignment (sizes play no part yet).
-            active, d_c = NoPenalty(), zero
-        else:
-            active = rule
-            d_c = characteristic_dissimilarity(provider, centers, generator=generator,
-                                               n_probe=n_probe)
-        if isinstance(active, EqualSize):
-            new_labels, stats = _eqk_pass(provider, centers, labels, active,
-                                          chunk_size=chunk_size, shard=shard, reduce=reduce)
+        # iteration 0 is the paper's steps 2–3 (the rule's first pass: plain nearest centroid,
+        # sizes play no part yet, for every per-item rule)
+        active = rule.first_pass() if it == 0 else rule
+        d_c = zero if active.size_free else characteristic_dissimilarity(
+            provider, centers, generator=generator, n_probe=n_probe)
+        if active.global_assignment:
+            new_labels, stats = _global_pass(provider, centers, labels, active,
+                                             chunk_size=chunk_size, shard=shard, reduce=reduce)
             sizes = stats["counts"]
-            size_term = zero
-            lam = None
         else:
             # Without a size term the batch size cannot change a label: use whole chunks.
-            step = chunk_size if isinstance(active, NoPenalty) else batch_size
+            step = chunk_size if active.size_free else batch_size
             new_labels, sizes, stats = _pass(
                 provider, centers, labels, sizes, active, d_c=d_c, batch_size=step,
                 chunk_size=chunk_size, shard=shard, reduce=reduce)
-            size_term = active.value(sizes, d_c=d_c, n_items=n)
-            lam = active.strength(d_c=d_c, n_items=n, n_classes=k)
+        size_term = active.value(sizes, d_c=d_c, n_items=n)
+        lam = active.strength(d_c=d_c, n_items=n, n_classes=k)
         inertia = float(stats["d_sum"])
         sigma = float(stats["moves"]) / n
         labels = new_labels
-        centers = _update_centers(centers, stats["sums"], stats["counts"])
+        centers = provider.update(stats, centers)
         history.append({"iteration": it, "J": inertia + float(size_term), "inertia": inertia,
                         "sigma": sigma, "lambda_": lam, "d_c": float(d_c),
                         "sizes": sizes.tolist(), "n_empty": int((sizes == 0).sum())})

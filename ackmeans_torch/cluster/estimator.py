@@ -3,44 +3,45 @@
 >>> model = ACKMeans(n_classes=100, beta=0.5, seed=0).fit(x)     # x: (N, F) or (N, L, L)
 >>> model.labels_, model.centers_, model.n_iter_, model.history_
 
-``__init__`` only stores; ``fit`` validates, builds the size rule and runs
-:func:`ackmeans_torch.cluster.engine.fit_clusters` on squared Euclidean distances. Pipelines with
-another dissimilarity (MRA alignment) call ``fit_clusters`` with their own ``Dissimilarity``.
+``__init__`` only stores; ``fit`` validates (the loop options are the
+:class:`~ackmeans_torch.cluster.options.ClusterOptions` every pipeline shares), builds the size
+rule and runs the loop on squared Euclidean distances. Pipelines with another dissimilarity (MRA
+alignment) run the same options on their own ``Dissimilarity``.
 """
 
 from __future__ import annotations
 
-import math
+from dataclasses import replace
 
 import numpy as np
 import torch
 from torch import Tensor
 
-from ackmeans_torch.cluster.engine import SquaredEuclidean, fit_clusters
-from ackmeans_torch.cluster.init import INIT_METHODS, initial_centers
+from ackmeans_torch.cluster.engine import SquaredEuclidean
+from ackmeans_torch.cluster.options import ClusterOptions
 from ackmeans_torch.cluster.penalties import (
     EqualSize,
     NoPenalty,
     QuadraticPenalty,
-    SizePenalty,
+    SizeRule,
     SpiderFactor,
 )
-from ackmeans_torch.errors import InputError
+from ackmeans_torch.errors import InputError, check_number
 
 __all__ = ["ACKMeans", "OBJECTIVES"]
 
 OBJECTIVES = ("ack", "kmeans", "spider", "eqk", "eqk-exact")
 
 
-def _make_rule(objective: str | SizePenalty | EqualSize, beta: float) -> SizePenalty | EqualSize:
-    if isinstance(objective, (SizePenalty, EqualSize)):
+def _make_rule(objective: str | SizeRule, beta: float) -> SizeRule:
+    if isinstance(objective, SizeRule):
         return objective
     rules = {"ack": lambda: QuadraticPenalty(beta=beta), "kmeans": NoPenalty,
              "spider": SpiderFactor, "eqk": lambda: EqualSize(method="greedy"),
              "eqk-exact": lambda: EqualSize(method="exact")}
     if objective not in rules:
-        raise InputError(f"objective={objective!r} must be one of {OBJECTIVES} or a SizePenalty/"
-                         "EqualSize instance")
+        raise InputError(f"objective={objective!r} must be one of {OBJECTIVES} or a SizeRule "
+                         "instance")
     return rules[objective]()
 
 
@@ -61,7 +62,7 @@ class ACKMeans:
     """
 
     def __init__(self, *, n_classes: int, beta: float = 0.5,
-                 objective: str | SizePenalty | EqualSize = "ack",
+                 objective: str | SizeRule = "ack",
                  init: str | Tensor = "random", max_iter: int = 100, sigma0: float = 0.0,
                  batch_size: int = 1, chunk_size: int = 4096, seed: int = 0,
                  device: str | torch.device | None = None) -> None:
@@ -76,30 +77,11 @@ class ACKMeans:
         self.seed = seed
         self.device = device
 
-    def _validate(self, x: Tensor) -> None:
-        n = x.shape[0]
-        if not (isinstance(self.n_classes, int) and self.n_classes >= 1):
-            raise InputError(f"n_classes={self.n_classes!r} must be an integer >= 1")
-        if n < self.n_classes:
-            raise InputError(f"n_items={n} should be >= n_classes={self.n_classes}; lower "
-                             "n_classes")
-        if not (isinstance(self.beta, (int, float)) and math.isfinite(self.beta)
-                and self.beta >= 0):
-            raise InputError(f"beta={self.beta!r} must be a finite number >= 0 (paper: 0.5)")
-        if not (isinstance(self.sigma0, (int, float)) and 0.0 <= self.sigma0 <= 1.0):
-            raise InputError(f"sigma0={self.sigma0!r} must be in [0, 1] (a fraction of items)")
-        for name in ("max_iter", "batch_size", "chunk_size"):
-            value = getattr(self, name)
-            if not (isinstance(value, int) and value >= 1):
-                raise InputError(f"{name}={value!r} must be an integer >= 1")
-        if isinstance(self.init, Tensor):
-            if self.init.shape != (self.n_classes, *x.shape[1:]):
-                raise InputError(f"init has shape {tuple(self.init.shape)}; expected "
-                                 f"{(self.n_classes, *x.shape[1:])} (n_classes, *item shape)")
-        elif self.init not in INIT_METHODS:
-            raise InputError(f"init={self.init!r} must be one of {INIT_METHODS} or a tensor")
-        if not bool(torch.isfinite(x).all()):
-            raise InputError("input contains NaN or inf; clean or drop those items")
+    def _options(self) -> ClusterOptions:
+        """The shared, validated loop options (``cluster/options.py``)."""
+        return ClusterOptions(n_classes=self.n_classes, init=self.init, max_iter=self.max_iter,
+                              sigma0=self.sigma0, batch_size=self.batch_size,
+                              chunk_size=self.chunk_size, seed=self.seed)
 
     def fit(self, x: Tensor | np.ndarray) -> ACKMeans:
         """Cluster ``x`` (N, *F) float; returns self."""
@@ -110,18 +92,18 @@ class ACKMeans:
             x = x.to(torch.float32)
         if self.device is not None:
             x = x.to(self.device)
-        self._validate(x)
-        rule = _make_rule(self.objective, float(self.beta))
-        provider = SquaredEuclidean(x.reshape(x.shape[0], -1))
-        generator = torch.Generator().manual_seed(self.seed)
+        if isinstance(self.init, Tensor) and self.init.shape != (self.n_classes, *x.shape[1:]):
+            raise InputError(f"init has shape {tuple(self.init.shape)}; expected "
+                             f"{(self.n_classes, *x.shape[1:])} (n_classes, *item shape)")
+        options = self._options()
+        check_number("beta", self.beta, 0.0)
+        if not bool(torch.isfinite(x).all()):
+            raise InputError("input contains NaN or inf; clean or drop those items")
         if isinstance(self.init, Tensor):
-            centers = self.init.to(x.device, x.dtype).reshape(self.n_classes, -1).clone()
-        else:
-            centers = initial_centers(provider, self.n_classes, method=self.init,
-                                      generator=generator, chunk_size=self.chunk_size)
-        result = fit_clusters(provider, centers, rule=rule, max_iter=self.max_iter,
-                              sigma0=self.sigma0, batch_size=self.batch_size,
-                              chunk_size=self.chunk_size, generator=generator)
+            options = replace(options, init=self.init.to(x.device, x.dtype).reshape(
+                self.n_classes, -1))
+        rule = _make_rule(self.objective, float(self.beta))
+        result = options.fit(SquaredEuclidean(x.reshape(x.shape[0], -1)), rule=rule)
         self.labels_ = result.labels
         self.centers_ = result.centers.reshape(self.n_classes, *x.shape[1:])
         self.sizes_ = result.sizes

@@ -15,6 +15,12 @@ Every penalty receives ``d_c`` (the characteristic dissimilarity, paper section 
 dissimilarity": mean over 10 random items of max_j d − min_j d, recomputed every iteration) and
 ``n_items`` (n), so a penalty written in units of d_c is invariant to scaling the data.
 
+Every rule is a :class:`SizeRule`: it says whether it assigns item by item (``SizePenalty``) or
+all items at once (``GlobalSizeRule``), whether its scores ignore the sizes (``size_free``: the
+engine then needs no size refresh between batches), the rule of the initial pass
+(``first_pass``: plain nearest centroid, the paper's steps 2–3), its size term R(s) and λ for the
+history, and a human ``label`` for plots ("ACK-means, β = 0.5").
+
 Families:
 * :class:`MarginalPenalty` — additive marginal cost c(s′) (B, K); subclasses write it
   analytically (:class:`NoPenalty` = K-means, :class:`QuadraticPenalty` = ACK-means) or write R(s)
@@ -41,7 +47,9 @@ from torch import Tensor, nn
 from ackmeans_torch.errors import InputError
 
 __all__ = [
+    "SizeRule",
     "SizePenalty",
+    "GlobalSizeRule",
     "MarginalPenalty",
     "NoPenalty",
     "QuadraticPenalty",
@@ -63,22 +71,51 @@ def sizes_without_self(sizes: Tensor, current: Tensor) -> Tensor:
     return s_prime.scatter_add_(1, current.clamp_min(0)[:, None], -own[:, None])
 
 
-class SizePenalty(nn.Module, ABC):
-    """Base of the per-item size rules. ``nn.Module`` so that a penalty's parameters (e.g. β as a
-    ``nn.Parameter``) receive gradients through the soft assignment (``cluster/soft.py``)."""
+class SizeRule(nn.Module, ABC):
+    """Base of every size rule (module docstring). ``nn.Module`` so that a penalty's parameters
+    (e.g. β as a ``nn.Parameter``) receive gradients through the soft assignment
+    (``cluster/soft.py``)."""
 
-    @abstractmethod
-    def scores(self, d: Tensor, sizes: Tensor, current: Tensor, *, d_c: float | Tensor,
-               n_items: int) -> Tensor:
-        """(B, K) scores whose row-wise argmin is each item's new class (see module docstring)."""
+    #: assigns from the whole (N, K) matrix at once (``assign``) instead of per-item ``scores``
+    global_assignment: bool = False
+    #: the scores do not depend on the class sizes
+    size_free: bool = False
+
+    def first_pass(self) -> SizeRule:
+        """The rule of the initial assignment (paper steps 2–3): plain nearest centroid."""
+        return NoPenalty()
 
     def value(self, sizes: Tensor, *, d_c: float | Tensor, n_items: int) -> Tensor:
         """R(s): the size term of the objective J (a scalar in units of d). Default 0."""
         return sizes.new_zeros((), dtype=torch.float64)
 
     def strength(self, *, d_c: float | Tensor, n_items: int, n_classes: int) -> float | None:
-        """λ of the paper's Eq. 1 for the history, or ``None`` for penalties without one."""
+        """λ of the paper's Eq. 1 for the history, or ``None`` for rules without one."""
         return None
+
+    @property
+    def label(self) -> str:
+        """A human name for plots and logs."""
+        return type(self).__name__
+
+
+class SizePenalty(SizeRule):
+    """A rule that scores each item against every class given the current sizes."""
+
+    @abstractmethod
+    def scores(self, d: Tensor, sizes: Tensor, current: Tensor, *, d_c: float | Tensor,
+               n_items: int) -> Tensor:
+        """(B, K) scores whose row-wise argmin is each item's new class (see module docstring)."""
+
+
+class GlobalSizeRule(SizeRule):
+    """A rule that assigns every item at once from the full dissimilarity matrix."""
+
+    global_assignment = True
+
+    @abstractmethod
+    def assign(self, d: Tensor) -> Tensor:
+        """Labels (N,) int64 on d's device from the full dissimilarity matrix ``d`` (N, K)."""
 
 
 class MarginalPenalty(SizePenalty):
@@ -100,6 +137,9 @@ class NoPenalty(MarginalPenalty):
     Empty class: nothing pulls items back into it; it stays empty with its old centroid (Lloyd's
     behaviour without relocation) and the estimator warns.
     """
+
+    size_free = True
+    label = "K-means"
 
     def marginal(self, s_prime: Tensor, *, d_c: float | Tensor, n_items: int) -> Tensor:
         return torch.zeros_like(s_prime)
@@ -134,6 +174,10 @@ class QuadraticPenalty(MarginalPenalty):
 
     def strength(self, *, d_c: float | Tensor, n_items: int, n_classes: int) -> float:
         return float(self.two_lambda(d_c=d_c, n_items=n_items, n_classes=n_classes)) / 2
+
+    @property
+    def label(self) -> str:
+        return f"ACK-means, β = {float(self.beta):g}"
 
 
 class AutogradPenalty(MarginalPenalty):
@@ -180,6 +224,10 @@ class EntropyPenalty(AutogradPenalty):
         p = (s + 1.0) / (n_items + s.shape[-1])
         return self.beta * d_c * n_items * (p * torch.log(p)).sum(-1)
 
+    @property
+    def label(self) -> str:
+        return f"entropy penalty, β = {float(self.beta):g}"
+
 
 class SpiderFactor(SizePenalty):
     """SPIDER's size-factor K-means: move item i from class a to b when
@@ -191,6 +239,8 @@ class SpiderFactor(SizePenalty):
     one-image classes (paper, Introduction), so a singleton's own score is −inf: it stays, and a
     non-empty class never empties. An empty class scores 0 and takes the next item visited.
     """
+
+    label = "SPIDER size factor"
 
     def scores(self, d: Tensor, sizes: Tensor, current: Tensor, *, d_c: float | Tensor,
                n_items: int) -> Tensor:
@@ -205,7 +255,7 @@ class SpiderFactor(SizePenalty):
         return out
 
 
-class EqualSize:
+class EqualSize(GlobalSizeRule):
     """EQK-means (SPARX): every class gets ⌊n/k⌋ items and r = n mod k classes get one more.
 
     Which classes take the r extra items is decided by the assignment itself, not by class index.
@@ -217,9 +267,17 @@ class EqualSize:
     """
 
     def __init__(self, *, method: str = "greedy") -> None:
+        super().__init__()
         if method not in ("greedy", "exact"):
             raise InputError(f"method={method!r} must be 'greedy' or 'exact' for EQK-means")
         self.method = method
+
+    def first_pass(self) -> SizeRule:
+        return self  # equal sizes from the first assignment on
+
+    @property
+    def label(self) -> str:
+        return "EQK-means" if self.method == "greedy" else "EQK-means (exact)"
 
     @staticmethod
     def capacities(n_items: int, n_classes: int) -> tuple[int, int]:
@@ -227,7 +285,6 @@ class EqualSize:
         return n_items // n_classes, n_items % n_classes
 
     def assign(self, d: Tensor) -> Tensor:
-        """Labels (N,) int64 on d's device from the full dissimilarity matrix ``d`` (N, K)."""
         d_np = d.detach().to("cpu", torch.float64).numpy()
         labels = self._greedy(d_np) if self.method == "greedy" else self._exact(d_np)
         return torch.from_numpy(labels).to(d.device)

@@ -127,6 +127,11 @@ class StackSource(ImageSource):
             out[where[order]] = self._stack(int(code))[local[order]]
         return torch.from_numpy(out)
 
+    def image_names(self, relative_to: str | os.PathLike) -> list[str]:
+        """``index@stack`` names of every image with the stack path relative to ``relative_to``."""
+        paths, index = self.table.image_locations()
+        return [f"{i + 1:06d}@{os.path.relpath(p, relative_to)}" for p, i in zip(paths, index)]
+
     def close(self) -> None:
         """Release every open memory map."""
         for stack in self._stacks:

@@ -1,7 +1,7 @@
 """How good a 2D classification of projections with known poses is (the paper's evaluation).
 
 * within-class angular distances: for every pair of images in the same class, the angle between
-  their viewing directions (``sim.rotations.viewing_angle``; psi does not enter) — the paper's
+  their viewing directions (``ops.rotations.viewing_angle``; psi does not enter) — the paper's
   Fig. 1a histogram; a good class holds one view, so small angles;
 * class-size figures: coefficient of variation, min, max, empty and singleton classes (Fig. 1b);
 * agreement with the orientation-centre labels: ARI and NMI (``eval/metrics.py``).
@@ -13,7 +13,7 @@ import numpy as np
 import torch
 
 from ackmeans_torch.eval.metrics import adjusted_rand_index, normalized_mutual_info
-from ackmeans_torch.sim.rotations import viewing_angle
+from ackmeans_torch.ops.rotations import viewing_angle
 
 
 def within_class_angles(labels: np.ndarray, angles_deg: np.ndarray) -> np.ndarray:

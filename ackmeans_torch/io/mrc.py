@@ -225,6 +225,24 @@ def read_volume(path: str | os.PathLike) -> tuple[np.ndarray, float]:
     return volume, voxel_size
 
 
+def load_volume(
+    path: str | os.PathLike, *, voxel_size: float | None = None
+) -> tuple[torch.Tensor, float]:
+    """Read a cubic map as a tensor: ``(volume (L, L, L) float32, voxel size Å)``.
+
+    ``voxel_size`` overrides the header; it is required when the header says 0 (as the ASPIRE
+    ribosome map does — its tutorials use 5 Å)."""
+    data, header_voxel = read_volume(path)
+    size = voxel_size if voxel_size is not None else header_voxel
+    if not size or size <= 0:
+        raise InputError(
+            f"{path}: the header voxel size is {header_voxel}; give the voxel size in Å "
+            "(voxel_size=...)"
+        )
+    # read_volume has already checked that the map is a finite cube.
+    return torch.as_tensor(data, dtype=torch.float32), float(size)
+
+
 def _as_float32(array: np.ndarray | torch.Tensor) -> np.ndarray:
     if isinstance(array, torch.Tensor):
         array = array.detach().cpu().numpy()

@@ -11,7 +11,7 @@ Conventions (this module owns them):
   always in Å as ``rlnOriginXAngst``/``rlnOriginYAngst`` (RELION 3.0's ``rlnOriginX``/``Y`` are in
   pixels; 0 when the file has no origins). :func:`origins_px` and :func:`with_origins_px` are the
   only px↔Å conversion of origins in the project; they keep RELION's sign (the sign relative to
-  image content is owned by ``sim.project.relion_origin_to_shift``).
+  image content is owned by ``ops.projection.relion_origin_to_shift``).
 * ``NNNNNN@stack.mrcs`` names image ``NNNNNN`` (1-based) of ``stack.mrcs``; a relative stack path
   is resolved against :attr:`ParticleTable.image_root` (the STAR file's folder unless a
   ``stack_root`` is given). :meth:`ParticleTable.image_locations` gives absolute paths and 0-based

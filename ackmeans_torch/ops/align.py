@@ -44,11 +44,11 @@ reference per image, so neither mode ever holds N × K × poses.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 
 import torch
 
-from ackmeans_torch.errors import InputError
+from ackmeans_torch.errors import InputError, check_int, check_number
 from ackmeans_torch.ops.fourier import fft2c, frequency_grid, phase_shift
 from ackmeans_torch.ops.polar import (
     PolarSpectra,
@@ -57,7 +57,7 @@ from ackmeans_torch.ops.polar import (
     circular_mask,
     polar_transform,
 )
-from ackmeans_torch.ops.transform import apply_transform
+from ackmeans_torch.ops.transform import Poses, apply_transform
 
 _METRICS = ("l2", "ncc")
 _MODES = ("all", "best")
@@ -80,6 +80,12 @@ class Alignment:
     shift: torch.Tensor
     mirror: torch.Tensor
 
+    def select(self, labels: torch.Tensor) -> Poses:
+        """The pose of each image ``i`` against reference ``labels[i]`` (N,)."""
+        rows = torch.arange(labels.shape[0], device=labels.device)
+        return Poses(angle=self.angle[rows, labels], shift=self.shift[rows, labels],
+                     mirror=self.mirror[rows, labels], distance=self.distances[rows, labels])
+
 
 @dataclass(frozen=True)
 class BestAlignment:
@@ -91,6 +97,54 @@ class BestAlignment:
     angle: torch.Tensor
     shift: torch.Tensor
     mirror: torch.Tensor
+
+    @property
+    def poses(self) -> Poses:
+        """Each image's pose against its best reference."""
+        return Poses(angle=self.angle, shift=self.shift, mirror=self.mirror,
+                     distance=self.distance)
+
+
+@dataclass(frozen=True, kw_only=True)
+class AlignOptions:
+    """The search of :func:`align` (its keyword names), validated when made: ``n_angles`` on the
+    full circle (even, ≥ 4), shifts ``±max_shift`` px in steps of ``shift_step`` px, ``mirror``,
+    ``max_radius`` Fourier px (None: ``L // 2 − 1``), ``metric`` ("l2", the paper's aligned
+    squared distance, or "ncc"), ``refine`` (sub-step refinement of the poses), ``memory_bytes``
+    (chunk budget; None: 32 MiB on CPU, 2 GiB on a GPU) and ``pad`` (polar oversampling)."""
+
+    n_angles: int = 128
+    max_shift: float = 3.0
+    shift_step: float = 1.0
+    mirror: bool = False
+    max_radius: int | None = None
+    metric: str = "l2"
+    refine: bool = True
+    memory_bytes: int | None = None
+    pad: int = 2
+
+    def __post_init__(self) -> None:
+        check_int("align.n_angles", self.n_angles, 4)
+        if self.n_angles % 2:
+            raise InputError(f"align.n_angles={self.n_angles} must be even (angles on the full "
+                             "circle)")
+        check_number("align.max_shift", self.max_shift, 0.0)
+        check_number("align.shift_step", self.shift_step, 1e-6)
+        if self.max_radius is not None:
+            check_int("align.max_radius", self.max_radius, 1)
+        if self.metric not in _METRICS:
+            raise InputError(f"align.metric={self.metric!r} must be one of {_METRICS}")
+        for name in ("mirror", "refine"):
+            if not isinstance(getattr(self, name), bool):
+                raise InputError(f"align.{name}={getattr(self, name)!r} must be true or false")
+        if self.memory_bytes is not None:
+            check_int("align.memory_bytes", self.memory_bytes, 1)
+        check_int("align.pad", self.pad, 1)
+
+    def align(self, images: torch.Tensor, references: torch.Tensor, *, mask_radius: float,
+              mode: str = "all") -> Alignment | BestAlignment:
+        """:func:`align` with these options."""
+        return align(images, references, mask_radius=mask_radius, mode=mode, **asdict(self))
 
 
 def shift_grid(max_shift: float, shift_step: float, *, device=None, dtype=torch.float32) -> torch.Tensor:
@@ -292,6 +346,17 @@ def _validate(images: torch.Tensor, references: torch.Tensor, metric: str, mode:
         raise InputError(f"mode={mode!r} must be one of {_MODES}")
 
 
+def _prepare(images, references, *, metric, mode, n_angles, max_radius, mask_radius, max_shift,
+             shift_step):
+    """Checks shared by both searches → (references in the images' dtype, max_radius and
+    mask_radius with their defaults, the (T, 2) shift grid)."""
+    _validate(images, references, metric, mode)
+    max_radius, mask_radius = check_polar_parameters(
+        images.shape[-1], n_angles=n_angles, max_radius=max_radius, mask_radius=mask_radius)
+    shifts = shift_grid(max_shift, shift_step, device=images.device, dtype=images.dtype)
+    return references.to(images.dtype), max_radius, mask_radius, shifts
+
+
 def align(
     images: torch.Tensor,
     references: torch.Tensor,
@@ -318,14 +383,11 @@ def align(
     (references are cast to it). ``mode="all"`` → :class:`Alignment`; ``"best"`` →
     :class:`BestAlignment` (ties go to the lower reference index).
     """
-    _validate(images, references, metric, mode)
-    references = references.to(images.dtype)
+    references, max_radius, mask_radius, shifts = _prepare(
+        images, references, metric=metric, mode=mode, n_angles=n_angles, max_radius=max_radius,
+        mask_radius=mask_radius, max_shift=max_shift, shift_step=shift_step)
     device, real = images.device, images.dtype
     n, k, size = images.shape[0], references.shape[0], images.shape[-1]
-    max_radius, mask_radius = check_polar_parameters(
-        size, n_angles=n_angles, max_radius=max_radius, mask_radius=mask_radius
-    )
-    shifts = shift_grid(max_shift, shift_step, device=device, dtype=real)
     axis_len = int(round(math.sqrt(shifts.shape[0])))
     if memory_bytes is None:
         memory_bytes = _CPU_MEMORY_BYTES if device.type == "cpu" else _DEVICE_MEMORY_BYTES
@@ -409,31 +471,21 @@ def align(
     return BestAlignment(reference=best_ref, distance=best_dist, angle=best_angle, shift=best_shift, mirror=best_mirror)
 
 
-def align_brute_force(
-    images: torch.Tensor,
-    references: torch.Tensor,
-    *,
-    n_angles: int = 128,
-    max_shift: float = 3.0,
-    shift_step: float = 1.0,
-    mirror: bool = False,
-    mask_radius: float | None = None,
-    max_radius: int | None = None,
-    metric: str = "l2",
-) -> Alignment:
+def align_brute_force(images: torch.Tensor, references: torch.Tensor, search: AlignOptions, *,
+                      mask_radius: float | None = None) -> Alignment:
     """Reference search for validating :func:`align` (slow: O(N·K·M·T·L²)): every masked reference
-    is mirrored and rotated in real space by every grid angle (``ops.transform``, bicubic), shifted
-    by every grid shift (phase ramp) and compared with the masked image on the Cartesian DFT
-    inside the same disc ``|k| ≤ max_radius + ½``. Same arguments and conventions as
-    :func:`align` (``mode="all"``, grid poses, no refinement)."""
-    _validate(images, references, metric, "all")
-    references = references.to(images.dtype)
+    is mirrored and rotated in real space by every grid angle of ``search`` (``ops.transform``,
+    bicubic), shifted by every grid shift (phase ramp) and compared with the masked image on the
+    Cartesian DFT inside the same disc ``|k| ≤ max_radius + ½``. Same conventions as
+    :func:`align` (``mode="all"``, grid poses, no refinement; ``search.refine``,
+    ``memory_bytes`` and ``pad`` play no part)."""
+    n_angles, metric, mirror = search.n_angles, search.metric, search.mirror
+    references, max_radius, mask_radius, shifts = _prepare(
+        images, references, metric=metric, mode="all", n_angles=n_angles,
+        max_radius=search.max_radius, mask_radius=mask_radius, max_shift=search.max_shift,
+        shift_step=search.shift_step)
     device, real = images.device, images.dtype
     n, k, size = images.shape[0], references.shape[0], images.shape[-1]
-    max_radius, mask_radius = check_polar_parameters(
-        size, n_angles=n_angles, max_radius=max_radius, mask_radius=mask_radius
-    )
-    shifts = shift_grid(max_shift, shift_step, device=device, dtype=real)
     mask = circular_mask(size, mask_radius, device=device, dtype=real)
     ky, kx = frequency_grid(size, device=device, dtype=real)
     band = torch.sqrt(kx**2 + ky**2) * size <= max_radius + 0.5

@@ -1,36 +1,56 @@
-"""Centred 2D Fourier transforms, frequency grids, shifts as phase ramps, Fourier cropping.
+"""Centred Fourier transforms (2D and n-D), frequency grids, shifts as phase ramps, Fourier
+cropping of images and volumes.
 
 Conventions (the one owner of each; everything else imports these):
 
 * The centre of an L-box is index ``L // 2`` for even and odd L (RELION/FFT convention). The
-  centred transform ``fft2c`` puts the zero frequency at ``(L // 2, L // 2)`` and treats pixel
-  ``(L // 2, L // 2)`` as the spatial origin, so a centred real, point-symmetric image has a real
-  spectrum.
+  centred transform ``fftnc`` (``fft2c`` for images) puts the zero frequency at index ``L // 2``
+  of every transformed axis and treats that index as the spatial origin, so a centred real,
+  point-symmetric image or volume has a real spectrum.
 * Frequencies are in cycles per pixel, in ``[-1/2, 1/2)``; axis order ``(..., y, x)``.
 * A shift ``t = (tx, ty)`` in pixels moves the image *content* by ``+t`` (towards larger x/y
   indices): ``F'(k) = F(k) · exp(-2πi (kx·tx + ky·ty))``. Shifts are circular (periodic box).
 
-Shapes: images ``(..., L, L)`` real; spectra ``(..., L, L)`` complex; shifts ``(..., 2)`` as
-``(x, y)`` broadcast against the leading dimensions.
+Shapes: images ``(..., L, L)`` real; spectra ``(..., L, L)`` complex; volumes ``(..., L, L, L)``
+indexed ``(z, y, x)``; shifts ``(..., 2)`` as ``(x, y)`` broadcast against the leading dimensions.
 """
 
 from __future__ import annotations
 
 import torch
 
-_DIMS = (-2, -1)
+from ackmeans_torch.errors import InputError
+
+
+def _last_dims(ndim: int) -> tuple[int, ...]:
+    if ndim < 1:
+        raise ValueError(f"ndim={ndim} must be >= 1")
+    return tuple(range(-ndim, 0))
+
+
+def fftnc(x: torch.Tensor, ndim: int) -> torch.Tensor:
+    """Centred FFT over the last ``ndim`` dimensions of ``x`` (origin and zero frequency at index
+    ``L // 2`` of each of them); the leading dimensions are a batch."""
+    dims = _last_dims(ndim)
+    shifted = torch.fft.ifftshift(x, dim=dims)
+    return torch.fft.fftshift(torch.fft.fftn(shifted, dim=dims), dim=dims)
+
+
+def ifftnc(spectra: torch.Tensor, ndim: int) -> torch.Tensor:
+    """Inverse of :func:`fftnc`; returns a complex tensor (take ``.real`` for real data)."""
+    dims = _last_dims(ndim)
+    shifted = torch.fft.ifftshift(spectra, dim=dims)
+    return torch.fft.fftshift(torch.fft.ifftn(shifted, dim=dims), dim=dims)
 
 
 def fft2c(images: torch.Tensor) -> torch.Tensor:
     """Centred 2D FFT of ``(..., L, L)`` images (origin and zero frequency at ``L // 2``)."""
-    shifted = torch.fft.ifftshift(images, dim=_DIMS)
-    return torch.fft.fftshift(torch.fft.fft2(shifted, dim=_DIMS), dim=_DIMS)
+    return fftnc(images, 2)
 
 
 def ifft2c(spectra: torch.Tensor) -> torch.Tensor:
     """Inverse of :func:`fft2c`; returns a complex tensor (take ``.real`` for real images)."""
-    shifted = torch.fft.ifftshift(spectra, dim=_DIMS)
-    return torch.fft.fftshift(torch.fft.ifft2(shifted, dim=_DIMS), dim=_DIMS)
+    return ifftnc(spectra, 2)
 
 
 def centred_frequencies(n: int, *, device=None, dtype=torch.float32) -> torch.Tensor:
@@ -81,11 +101,25 @@ def fourier_crop(images: torch.Tensor, size: int) -> torch.Tensor:
     """Downsample ``(..., L, L)`` images to ``(..., size, size)`` by keeping the central
     ``size × size`` block of the centred spectrum (an ideal low-pass, no aliasing); pixel values
     keep their scale (the mean is preserved). ``size == L`` returns the input."""
-    full = images.shape[-1]
+    return _fourier_crop(images, size, 2, "fourier_crop")
+
+
+def fourier_crop_volume(volume: torch.Tensor, size: int) -> torch.Tensor:
+    """Downsample a ``(..., L, L, L)`` volume to ``(..., size, size, size)`` by keeping the central
+    block of its centred 3D spectrum (the 3D analogue of :func:`fourier_crop`). Voxel values keep
+    their scale; the new voxel size is ``L/size`` times the old one. ``size == L`` returns the
+    input."""
+    return _fourier_crop(volume, size, 3, "fourier_crop_volume")
+
+
+def _fourier_crop(x: torch.Tensor, size: int, ndim: int, name: str) -> torch.Tensor:
+    """The central ``size`` block of the centred spectrum of ``x`` over its last ``ndim`` axes,
+    transformed back, values rescaled so the mean is kept; ``name`` is the caller, for errors."""
+    full = x.shape[-1]
     if size == full:
-        return images
+        return x
     if not 1 <= size < full:
-        raise ValueError(f"fourier_crop size={size} must be between 1 and the box size {full}")
+        raise InputError(f"{name} size={size} must be between 1 and the box size {full}")
     lo = full // 2 - size // 2
-    block = fft2c(images)[..., lo : lo + size, lo : lo + size]
-    return (ifft2c(block).real * (size * size) / (full * full)).to(images.dtype)
+    block = fftnc(x, ndim)[(..., *(slice(lo, lo + size),) * ndim)]
+    return (ifftnc(block, ndim).real * size**ndim / full**ndim).to(x.dtype)

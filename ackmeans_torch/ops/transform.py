@@ -18,11 +18,16 @@ Conventions
   onto a reference frame (class averages), apply the inverse,
   ``T⁻¹ = F^m ∘ R_{-a} ∘ S_{-t}`` (``apply_transform(..., inverse=True)``).
 
+A :class:`Poses` holds one such pose per image (and the aligned distance it was found with);
+``poses.to_class_frame(images)`` applies ``T⁻¹`` to bring each image onto its reference.
+
 Interpolation: rotations resample by bicubic convolution (``grid_sample``, zeros outside the
 box); shifts are exact phase ramps; mirrors are exact index permutations.
 """
 
 from __future__ import annotations
+
+from dataclasses import dataclass, fields
 
 import torch
 import torch.nn.functional as F
@@ -98,3 +103,45 @@ def apply_transform(
         return mirror_images(rotate_images(unshifted, -angles, interpolation=interpolation), mirror)
     rotated = rotate_images(mirror_images(images, mirror), angles, interpolation=interpolation)
     return shift_images(rotated, shifts)
+
+
+@dataclass
+class Poses:
+    """The in-plane pose of each of N images in its class (module conventions: the class
+    reference moved onto the image): ``angle (N,)`` rad, ``shift (N, 2)`` px (x, y), ``mirror
+    (N,)`` bool, and the aligned ``distance (N,)`` to that reference."""
+
+    angle: torch.Tensor
+    shift: torch.Tensor
+    mirror: torch.Tensor
+    distance: torch.Tensor
+
+    @classmethod
+    def zeros(cls, n: int, *, device=None, dtype=torch.float32) -> Poses:
+        """Identity poses of ``n`` images (distance 0)."""
+        return cls(angle=torch.zeros(n, device=device, dtype=dtype),
+                   shift=torch.zeros(n, 2, device=device, dtype=dtype),
+                   mirror=torch.zeros(n, dtype=torch.bool, device=device),
+                   distance=torch.zeros(n, device=device, dtype=dtype))
+
+    def __len__(self) -> int:
+        return self.angle.shape[0]
+
+    def as_dict(self) -> dict[str, torch.Tensor]:
+        return {f.name: getattr(self, f.name) for f in fields(self)}
+
+    def select(self, index: torch.Tensor) -> Poses:
+        """The poses of images ``index`` (B,)."""
+        return Poses(**{key: value[index] for key, value in self.as_dict().items()})
+
+    def put(self, index: torch.Tensor, poses: Poses) -> None:
+        """Set the poses of images ``index`` (B,) to ``poses`` (B entries), in place."""
+        for key, value in poses.as_dict().items():
+            getattr(self, key)[index] = value.to(getattr(self, key).dtype)
+
+    def to(self, device) -> Poses:
+        return Poses(**{key: value.to(device) for key, value in self.as_dict().items()})
+
+    def to_class_frame(self, images: torch.Tensor) -> torch.Tensor:
+        """``images (N, L, L)`` brought onto their class reference's frame (``T⁻¹``)."""
+        return apply_transform(images, self.angle, self.shift, self.mirror, inverse=True)

@@ -32,18 +32,12 @@ import pandas as pd
 import torch
 
 from ackmeans_torch.errors import InputError
-from ackmeans_torch.ops.fourier import ifft2c
-from ackmeans_torch.sim import ctf as ctf_module
+from ackmeans_torch.ops import ctf as ctf_module
+from ackmeans_torch.ops.fourier import fourier_crop_volume, ifft2c
+from ackmeans_torch.ops.projection import FourierProjector, relion_origin_to_shift
+from ackmeans_torch.ops.rotations import direction_to_rot_tilt, euler_to_matrix
 from ackmeans_torch.sim.noise import add_gaussian_noise, noise_sigma
-from ackmeans_torch.sim.project import FourierProjector, relion_origin_to_shift
-from ackmeans_torch.sim.rotations import (
-    direction_to_rot_tilt,
-    euler_to_matrix,
-    gaussian_directions_around,
-    half_sphere_points,
-    uniform_psi,
-)
-from ackmeans_torch.sim.volume import fourier_crop_volume
+from ackmeans_torch.sim.views import gaussian_directions_around, half_sphere_points, uniform_psi
 
 #: column of the particle table holding the orientation-centre label (1-based); see the module
 #: docstring for why this RELION label.
@@ -84,7 +78,7 @@ def simulate_dataset(
         defocus_range: (min, max) Å; rlnDefocusU is uniform in it, rlnDefocusV = U − astigmatism,
             rlnDefocusAngle uniform in [0, 180). ``None``: no CTF (and no phase flip).
         voltage (kV), spherical_aberration (mm), amplitude_contrast, phase_shift (deg),
-            b_factor (Å²): the remaining CTF parameters (``sim/ctf.py``), the same for all images.
+            b_factor (Å²): the remaining CTF parameters (``ops/ctf.py``), the same for all images.
         phase_flip: phase-flip the noisy images (the paper's inputs are).
         max_shift_px: content shifts uniform in [-max, max]² px (0: centred particles).
         box_size: output box; smaller than L downsamples the map by Fourier cropping first (the
