@@ -35,12 +35,14 @@ def _relaunchable_argv() -> Iterator[None]:
     """Lightning's ddp launcher starts the extra local processes by re-executing ``sys.argv``,
     which ``cli/main.py`` rewrote to ``["ackmeans-torch classify", *overrides]``; give it the
     real script and the sub-command back for the launch (``sys.orig_argv`` ends with them)."""
-    saved = sys.argv
-    if not saved[0].endswith(" classify"):
+    saved, tail = sys.argv, ["classify", *sys.argv[1:]]
+    original = sys.orig_argv
+    # only a process started as "<script> classify ..." (not, e.g., a test runner) is relaunchable
+    if not saved[0].endswith(" classify") or len(original) <= len(tail) or \
+            original[-len(tail):] != tail:
         yield
         return
-    script = sys.orig_argv[len(sys.orig_argv) - len(saved) - 1]
-    sys.argv = [script, "classify", *saved[1:]]
+    sys.argv = [original[-len(tail) - 1], *tail]
     try:
         yield
     finally:
