@@ -166,3 +166,107 @@ def test_unwritable_output_directory_names_the_path_and_errno(capsys, monkeypatc
     blocker.write_text("")
     code, _, err = run_cli(capsys, monkeypatch, "simulate", f"out_dir={blocker / 'run'}")
     assert_one_line(code, err, str(blocker), "Errno 20")
+
+
+def test_convergence_warning_is_one_line_on_the_terminal_and_in_app_log(capsys, monkeypatch,
+                                                                         tmp_path):
+    """A run stopped by max_iter: its ConvergenceWarning appears once, as one line without the
+    source line that raised it, in app.log and on the terminal; the summary table follows."""
+    run = tmp_path / "run"
+    code, out, err = run_cli(capsys, monkeypatch, "classify", "sim.n_centres=3",
+                             "sim.per_centre=6", "sim.phantom_box=32", "progress=false",
+                             "n_classes=3", "max_iter=1", "sigma0=0", "align.n_angles=36",
+                             "align.max_shift=1", f"out_dir={run}")
+    assert code == 0, err
+    for text in (out + err, (run / "app.log").read_text()):
+        hits = [ln for ln in text.splitlines() if "ConvergenceWarning" in ln]
+        assert len(hits) == 1 and "stopped after max_iter=1" in hits[0], text
+        assert "warnings.warn" not in text and "engine.py" not in text
+    table = out.split("summary\n", 1)[1]
+    for row in ("class sizes", "singletons / empty", "NOT converged", "time",
+                "median within-class angle", "% of pairs < 10°", f"{run}/ (particles.star"):
+        assert row in table, table
+    assert "summary" in (run / "app.log").read_text()
+
+
+def test_progress_bar_follows_the_images_inside_an_iteration(capsys, monkeypatch, tmp_path):
+    code, _, err = run_cli(capsys, monkeypatch, "classify", *TINY[:-1], "n_classes=2",
+                           "max_iter=1", "chunk_size=4", f"out_dir={tmp_path / 'run'}")
+    assert code == 0, err
+    assert "iteration 1" in err and "/12 [" in err and "img/s" in err
+
+
+def test_unquoted_value_with_spaces_says_how_to_quote_it(capsys, monkeypatch, tmp_path):
+    code, _, err = run_cli(capsys, monkeypatch, "classify", "data=file", "data.path=/a", "b/c.star",
+                           f"out_dir={tmp_path / 'run'}")
+    assert_one_line(code, err, "quote", "data.path='/a b/c.star'")
+
+
+SIM = ["sim.n_centres=2", "sim.per_centre=3", "sim.phantom_box=24"]
+
+
+def test_a_second_run_into_a_locked_out_dir_is_refused(capsys, monkeypatch, tmp_path):
+    import fcntl
+    import os
+
+    run = tmp_path / "run"
+    run.mkdir()
+    fd = os.open(run / ".lock", os.O_RDWR | os.O_CREAT)
+    fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)  # the first run, still going
+    os.write(fd, b"4242\n")
+    try:
+        code, _, err = run_cli(capsys, monkeypatch, "simulate", *SIM, f"out_dir={run}")
+    finally:
+        os.close(fd)
+    assert_one_line(code, err, f"out_dir={run} is in use by another run (pid 4242)")
+    assert [p.name for p in run.iterdir()] == [".lock"]
+
+
+def test_reused_out_dir_is_refused_without_resume_or_overwrite(capsys, monkeypatch, tmp_path):
+    run = tmp_path / "run"
+    assert run_cli(capsys, monkeypatch, "simulate", *SIM, f"out_dir={run}")[0] == 0
+    def files():
+        return {p.name: p.stat().st_mtime_ns for p in run.iterdir() if p.name != ".lock"}
+
+    before = files()
+    code, _, err = run_cli(capsys, monkeypatch, "simulate", *SIM, "seed=1", f"out_dir={run}")
+    assert_one_line(code, err, "already holds files", "resume=true", "overwrite=true")
+    assert files() == before
+
+
+def test_overwrite_replaces_the_earlier_run_and_keeps_it_on_bad_input(capsys, monkeypatch,
+                                                                      tmp_path):
+    run = tmp_path / "run"
+    assert run_cli(capsys, monkeypatch, "simulate", *SIM, f"out_dir={run}")[0] == 0
+    (run / "earlier_output.txt").write_text("from the earlier run")
+    # a typo in the new run: the earlier run is put back as it was
+    code, _, err = run_cli(capsys, monkeypatch, "simulate", *SIM, "overwrite=true",
+                           f"sim.volume={tmp_path / 'nope.mrc'}", f"out_dir={run}")
+    assert_one_line(code, err, "nope.mrc")
+    assert (run / "earlier_output.txt").is_file() and (run / "particles.star").is_file()
+    assert "nope.mrc" not in (run / "run_info.yaml").read_text()
+    code, _, err = run_cli(capsys, monkeypatch, "simulate", *SIM, "overwrite=true", "seed=1",
+                           f"out_dir={run}")
+    assert code == 0, err
+    assert not (run / "earlier_output.txt").exists() and (run / "particles.star").is_file()
+    assert "seed=1" in (run / "run_info.yaml").read_text()
+    assert sorted(p.name for p in run.iterdir() if p.name.startswith(".")) == [".lock"]
+
+
+def test_overwrite_refuses_a_folder_that_holds_no_run(capsys, monkeypatch, tmp_path):
+    (tmp_path / "particles.star").write_text("data_\n")
+    code, _, err = run_cli(capsys, monkeypatch, "simulate", *SIM, "overwrite=true",
+                           f"out_dir={tmp_path}")
+    assert_one_line(code, err, "no ackmeans-torch run")
+    assert (tmp_path / "particles.star").read_text() == "data_\n"
+
+
+def test_resume_removes_the_temporary_files_of_a_killed_run(capsys, monkeypatch, tmp_path):
+    run = tmp_path / "run"
+    args = ["classify", *TINY, "n_classes=2", "max_iter=2", f"out_dir={run}"]
+    assert run_cli(capsys, monkeypatch, *args)[0] == 0
+    (run / ".checkpoint.tmp99999.pt").write_bytes(b"half")  # kill -9 during a write
+    (run / ".class_gallery.tmp99999.png").write_bytes(b"half")
+    code, _, err = run_cli(capsys, monkeypatch, *args, "resume=true")
+    assert code == 0, err
+    assert not list(run.glob(".*.tmp*")) and (run / "checkpoint.pt").is_file()

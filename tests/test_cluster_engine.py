@@ -3,6 +3,7 @@ balance, EQK sizes, empty classes, and the distributed hooks (2 "processes" == 1
 
 from __future__ import annotations
 
+import math
 import warnings
 
 import numpy as np
@@ -223,3 +224,45 @@ def test_two_processes_equal_one_process(batch_size, thread_ranks):
         assert res.sizes.tolist() == single.sizes.tolist()
         assert res.n_iter == single.n_iter
         torch.testing.assert_close(res.centers, single.centers, rtol=0, atol=1e-12)
+
+
+def test_leave_one_out_distance_is_the_distance_to_the_mean_without_the_item():
+    """SquaredEuclidean's own-class correction equals ‖x_i − μ₋ᵢ‖² computed from the other
+    members (to 1e-10), leaves the other classes' distances alone, and is infinite for a
+    one-item class."""
+    g = torch.Generator().manual_seed(11)
+    x = torch.randn(9, 4, generator=g, dtype=torch.float64)
+    labels = torch.tensor([0, 0, 0, 1, 1, 1, 1, 2, 0])
+    counts = torch.bincount(labels, minlength=3)
+    provider = SquaredEuclidean(x)
+    means = torch.stack([x[labels == j].mean(0) for j in range(3)])
+    d = provider.dissimilarity(torch.arange(9), means)
+    loo = provider.leave_one_out(d, labels, counts)
+    for i in range(9):
+        j = int(labels[i])
+        others = x[(labels == j) & (torch.arange(9) != i)]
+        if len(others):
+            expected = (x[i] - others.mean(0)).pow(2).sum()
+            assert float(loo[i, j]) == pytest.approx(float(expected), rel=1e-10)
+        else:
+            assert loo[i, j] == math.inf
+        keep = torch.arange(3) != j
+        assert torch.equal(loo[i, keep], d[i, keep])
+
+
+def test_stranded_singleton_is_released_and_its_class_reseeded():
+    """An outlier chosen as an initial centre: with the paper's plain distance ACK-means keeps it
+    as a one-item class (its distance to its own average is 0); with the leave-one-out distance
+    and reseeding of classes under 1 item it leaves, its class is reseeded from the largest class,
+    and no class ends below a quarter of n/k."""
+    x, _ = gaussian_mixture(8, [60, 60, 60], dim=10, sep=3.0, noise=1.0)
+    outlier = torch.full((1, 10), 40.0, dtype=torch.float64)
+    x = torch.cat([x, outlier])
+    init = torch.cat([x[[0, 60, 120]], outlier])
+    paper = run(x, 4, QuadraticPenalty(beta=0.5), init=init, max_iter=20)
+    assert min(paper.sizes.tolist()) == 1
+    fixed = run(x, 4, QuadraticPenalty(beta=0.5), init=init, max_iter=20, leave_one_out=True,
+                min_class_size=1)
+    assert min(fixed.sizes.tolist()) >= 181 / 4 / 4, fixed.sizes
+    assert any(h["reseeded"] for h in fixed.history)
+    assert torch.isfinite(fixed.centers).all()

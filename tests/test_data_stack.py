@@ -188,3 +188,40 @@ def test_non_square_stack_via_source(tmp_path):
         m.set_data(np.zeros((2, 6, 8), np.float32))
     with pytest.raises(InputError, match=r"r\.mrcs: images are 8x6 px"):
         open_source(tmp_path / "r.mrcs")
+
+
+def test_missing_stack_names_both_places_tried(tmp_path, monkeypatch):
+    """A relative stack found neither in the project directory nor next to the STAR: the one
+    line names the stack as written and both folders."""
+    (tmp_path / "proj").mkdir()
+    (tmp_path / "job").mkdir()
+    write_particles(tmp_path / "job" / "p.star", _table(["000001@Extract/gone.mrcs"]))
+    monkeypatch.chdir(tmp_path / "proj")
+    with pytest.raises(InputError) as error:
+        open_source(tmp_path / "job" / "p.star")
+    message = str(error.value)
+    assert "\n" not in message
+    assert f"missing stack Extract/gone.mrcs (in neither {tmp_path / 'proj'} nor " \
+           f"{tmp_path / 'job'})" in message
+
+
+def test_image_names_kept_from_the_project_dir_else_rewritten(two_stacks, monkeypatch):
+    """Names valid from the project directory come back exactly as given (even unpadded);
+    names valid only next to the STAR come back relative to the project directory."""
+    folder, _, _ = two_stacks
+    (folder / "job").mkdir()
+    write_stack(folder / "job" / "c.mrcs", np.zeros((2, 8, 8), np.float32), 1.5)
+    write_particles(folder / "job" / "p.star", _table(["2@a.mrcs", "000002@c.mrcs"]))
+    monkeypatch.chdir(folder)
+    source = open_source("job/p.star")
+    assert source.image_names(folder) == ["2@a.mrcs", "000002@job/c.mrcs"]
+    assert source.image_names(folder / "job") == ["000002@../a.mrcs", "000002@c.mrcs"]
+
+
+def test_duplicate_image_references_warned_with_the_count(two_stacks):
+    folder, _, _ = two_stacks
+    write_particles(folder / "p.star", _table(["1@a.mrcs", "000001@a.mrcs", "1@a.mrcs",
+                                               "2@a.mrcs", "2@sub/b.mrcs"]))
+    with pytest.warns(UserWarning, match=r"p\.star: 2 particle\(s\) repeat an image another "
+                                         r"particle names \(e\.g\. 1@a\.mrcs, 3 times\)"):
+        open_source(folder / "p.star")

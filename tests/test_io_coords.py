@@ -5,12 +5,15 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 import pytest
+import starfile
 
 from ackmeans_torch.errors import InputError
 from ackmeans_torch.io.coords import (
-    PickSet, collect_picker_files, pair_micrographs, read_box, read_csv, read_picks, split_topaz, write_box,
-    write_cbox, write_csv, write_relion_star, write_topaz,
+    PickSet, collect_picker_files, pair_micrographs, read_box, read_csv, read_picks, relion_coordinate_path,
+    relion_micrograph_names, split_topaz, write_box, write_cbox, write_csv, write_relion_autopick,
+    write_relion_coordinate_index, write_relion_star, write_topaz,
 )
 
 
@@ -63,7 +66,8 @@ def test_malformed_number_names_file_and_line(tmp_path: Path) -> None:
 
 
 @pytest.mark.parametrize("suffix,writer", [(".box", write_box), (".cbox", write_cbox), (".star", write_relion_star),
-                                           (".tsv", write_topaz), (".csv", write_csv)])
+                                           ("_autopick.star", write_relion_autopick), (".tsv", write_topaz),
+                                           (".csv", write_csv)])
 def test_round_trip_every_format(tmp_path: Path, suffix: str, writer) -> None:
     """Round trip: write then read gives the same centres (BOX rounds corners to whole pixels, as
     REPIC writes them), sizes and scores."""
@@ -121,3 +125,77 @@ def test_real_empiar10017_files(shared_data: Path) -> None:
     assert counts == {"crYOLO": 719, "deepPicker": 381, "topaz": 789}
     ref = read_picks(d / "ground_truth" / f"{stem}.csv")
     assert len(ref) == 629 and set(ref.box_size.tolist()) == {108.0}
+
+
+@pytest.mark.parametrize("name,expected", [
+    ("MotionCorr/job002/Movies/x.mrc", "Movies/x_autopick.star"),
+    ("Micrographs/x.mrc", "Micrographs/x_autopick.star"),
+    ("x.mrc", "x_autopick.star"),
+    ("/data/mics/x.tiff", "data/mics/x_autopick.star"),
+    ("a/b/job012/sub/x.y.mrc", "sub/x.y_autopick.star"),
+    ("Movies/jobs/x.mrc", "Movies/jobs/x_autopick.star"),
+])
+def test_relion_coordinate_path_is_where_relion_looks(name: str, expected: str) -> None:
+    """Known answers for RELION 3.1's lookup below --coord_dir (the pipeline job folder is cut,
+    as measured with relion_preprocess 3.1.3 in tests/test_relion_extract.py)."""
+    assert relion_coordinate_path(name) == expected
+
+
+def test_relion_coordinate_path_rejects_names_relion_cannot_mirror() -> None:
+    """Bad input: '..' would put RELION's lookup outside --coord_dir; white space cannot be a STAR value."""
+    with pytest.raises(InputError, match=r"climbs out"):
+        relion_coordinate_path("../raw/x.mrc")
+    with pytest.raises(InputError, match="white space"):
+        relion_coordinate_path("Micrographs/a b.mrc")
+
+
+def _micrographs_star(path: Path, names: list[str]) -> None:
+    starfile.write({"optics": pd.DataFrame({"rlnOpticsGroupName": ["opticsGroup1"], "rlnOpticsGroup": [1],
+                                            "rlnMicrographPixelSize": [1.5]}),
+                    "micrographs": pd.DataFrame({"rlnMicrographName": names, "rlnOpticsGroup": 1})}, path)
+
+
+def test_relion_micrograph_names_from_star_and_from_folder(tmp_path: Path) -> None:
+    """A RELION 3.1 micrographs STAR maps stems to its names (stems it lacks are left out); a folder
+    gives <folder>/<stem> with the suffix of an existing micrograph, else .mrc."""
+    star = tmp_path / "micrographs_ctf.star"
+    _micrographs_star(star, ["MotionCorr/job002/Movies/a.mrc", "MotionCorr/job002/Movies/b.mrc"])
+    assert relion_micrograph_names(star, ["a", "c"]) == {"a": "MotionCorr/job002/Movies/a.mrc"}
+    (tmp_path / "Mics").mkdir()
+    (tmp_path / "Mics" / "a.tif").write_text("")
+    folder = f"{tmp_path}/Mics/"
+    assert relion_micrograph_names(folder, ["a", "b"]) == {"a": f"{tmp_path}/Mics/a.tif", "b": f"{tmp_path}/Mics/b.mrc"}
+
+
+def test_relion_micrograph_names_bad_star(tmp_path: Path) -> None:
+    """Bad input: a missing STAR, one without _rlnMicrographName, two micrographs of one stem."""
+    with pytest.raises(InputError, match="does not exist"):
+        relion_micrograph_names(tmp_path / "none.star", ["a"])
+    starfile.write({"particles": pd.DataFrame({"rlnCoordinateX": [1.0]})}, tmp_path / "p.star")
+    with pytest.raises(InputError, match="_rlnMicrographName"):
+        relion_micrograph_names(tmp_path / "p.star", ["a"])
+    _micrographs_star(tmp_path / "m.star", ["A/a.mrc", "B/a.mrc"])
+    with pytest.raises(InputError, match="share the stem 'a'"):
+        relion_micrograph_names(tmp_path / "m.star", ["a"])
+
+
+def test_relion_autopick_file_is_spelled_as_relion_writes_it(tmp_path: Path) -> None:
+    """Known answer: block data_, RELION's column order and %12.6f numbers, class 0 and psi 0;
+    no boxes writes the header alone, which reads back as no boxes."""
+    f = tmp_path / "m_autopick.star"
+    write_relion_autopick(f, PickSet(np.array([[100.5, 7.0]]), np.array([64.0]), np.array([0.25])))
+    assert f.read_text().splitlines() == [
+        "", "# version 30001", "", "data_", "", "loop_ ", "_rlnCoordinateX #1 ", "_rlnCoordinateY #2 ",
+        "_rlnAutopickFigureOfMerit #3 ", "_rlnClassNumber #4 ", "_rlnAnglePsi #5 ",
+        "  100.500000     7.000000     0.250000            0     0.000000 ", " "]
+    write_relion_autopick(f, PickSet.empty())
+    assert len(read_picks(f, box_size=64)) == 0 and "_rlnAnglePsi #5" in f.read_text()
+
+
+def test_relion_coordinate_index_reads_as_relion_4_table(tmp_path: Path) -> None:
+    """The autopick.star index: block data_coordinate_files, micrograph name -> coordinate file."""
+    f = tmp_path / "autopick.star"
+    write_relion_coordinate_index(f, [("Movies/a.mrc", "Cons/Movies/a_autopick.star")])
+    table = starfile.read(f, always_dict=True)["coordinate_files"]
+    assert table.to_dict("records") == [{"rlnMicrographName": "Movies/a.mrc",
+                                         "rlnMicrographCoordinates": "Cons/Movies/a_autopick.star"}]

@@ -232,3 +232,22 @@ def test_load_shared_ribosome(shared_data):
     """The paper's ribosome map loads as 65³ float32; its header has no voxel size, so 5 Å is given."""
     volume, voxel = load_volume(shared_data / "volumes" / "ribosome70S_65px.mrc", voxel_size=5.0)
     assert volume.shape == (65, 65, 65) and volume.dtype == torch.float32 and voxel == 5.0
+
+
+def test_complex_mrc_refused(tmp_path):
+    """A mode-4 (complex64) file is Fourier data: refused when opened, as stack and as volume."""
+    path = tmp_path / "ft.mrcs"
+    with mrcfile.new(path) as mrc:
+        mrc.set_data(np.zeros((2, 8, 8), np.complex64))
+    with pytest.raises(InputError, match=r"ft\.mrcs: MRC mode 4 holds complex"):
+        open_stack(path)
+    with pytest.raises(InputError, match="holds complex"):
+        read_volume(path)
+
+
+def test_written_stacks_are_byte_identical_without_a_time_label(tmp_path, images):
+    write_stack(tmp_path / "a.mrcs", images, 1.5)
+    write_stack(tmp_path / "b.mrcs", images, 1.5)
+    assert (tmp_path / "a.mrcs").read_bytes() == (tmp_path / "b.mrcs").read_bytes()
+    with mrcfile.open(tmp_path / "a.mrcs") as mrc:
+        assert mrc.header.label[0] == b"ackmeans_torch" and int(mrc.header.nlabl) == 1

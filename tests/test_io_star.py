@@ -236,3 +236,69 @@ def test_from_particles_is_a_table():
     )
     assert table.particles["rlnOpticsGroup"].tolist() == [1]
     assert table.image_locations()[0].tolist() == ["/data/a.mrcs"]
+
+
+# ---- RELION project paths, bad bytes and numbers, deterministic writing ------------------------
+
+
+def test_relative_images_resolve_in_the_project_dir_then_the_star_folder(tmp_path, monkeypatch):
+    """Known answer: RELION's project-relative name is found from the project directory (the
+    current one by default, or project_dir=); a name only valid next to the STAR falls back to
+    the STAR's folder; stack_root replaces both."""
+    (tmp_path / "Extract" / "job005").mkdir(parents=True)
+    (tmp_path / "Extract" / "job005" / "x.mrcs").write_bytes(b"")
+    (tmp_path / "Extract" / "job005" / "near.mrcs").write_bytes(b"")
+    star = tmp_path / "Extract" / "job005" / "particles.star"
+    write_particles(star, pd.DataFrame({
+        "rlnImageName": ["000001@Extract/job005/x.mrcs", "000002@near.mrcs"],
+        "rlnImagePixelSize": 1.0}))
+    expected = [str(tmp_path / "Extract" / "job005" / "x.mrcs"),
+                str(tmp_path / "Extract" / "job005" / "near.mrcs")]
+    monkeypatch.chdir(tmp_path)
+    assert read_particles("Extract/job005/particles.star").image_locations()[0].tolist() == expected
+    monkeypatch.chdir(tmp_path / "Extract")
+    assert read_particles(star, project_dir=tmp_path).image_locations()[0].tolist() == expected
+    table = read_particles(star)
+    assert table.image_roots() == [tmp_path / "Extract", tmp_path / "Extract" / "job005"]
+    relocated = read_particles(star, stack_root=tmp_path / "elsewhere")
+    assert relocated.image_roots() == [tmp_path / "elsewhere"]
+
+
+def test_written_image_names_are_kept_as_given(tmp_path):
+    names = ["000001@Extract/job005/Movies/x.mrcs", "7@/abs/y.mrcs"]
+    write_particles(tmp_path / "p.star", pd.DataFrame({"rlnImageName": names,
+                                                       "rlnImagePixelSize": 1.0}))
+    assert starfile.read(tmp_path / "p.star")["particles"]["rlnImageName"].tolist() == names
+
+
+def test_non_number_in_a_numeric_column_names_column_row_and_line(tmp_path):
+    path = _star(tmp_path, "data_\n\nloop_\n_rlnImageName #1\n_rlnDefocusU #2\n"
+                 "1@s.mrcs 1000\n2@s.mrcs 1e4x\n3@s.mrcs 1200\n")
+    with pytest.raises(InputError, match=r"bad\.star: rlnDefocusU holds '1e4x' at row 2 of "
+                                         r"data_, line 7; expected a number"):
+        read_particles(path)
+    # a column RELION does not list is numeric when most of it is numbers
+    path = _star(tmp_path, "data_\n\nloop_\n_rlnImageName\n_rlnCustomScore\n_rlnMicrographName\n"
+                 "1@s.mrcs 0.5 a.mrc\n2@s.mrcs bad b.mrc\n")
+    with pytest.raises(InputError, match=r"rlnCustomScore holds 'bad' at row 2"):
+        read_particles(path)
+
+
+def test_non_utf8_byte_and_directory_are_named(tmp_path):
+    path = tmp_path / "bad.star"
+    path.write_bytes(b"data_\n\nloop_\n_rlnImageName\n_rlnImagePixelSize\n1@s\xffmrcs 1.0\n")
+    with pytest.raises(InputError, match=r"bad\.star: line 6 holds the byte 0xff, which is not "
+                                         r"UTF-8 text"):
+        read_particles(path)
+    with pytest.raises(InputError, match=r": is a directory, not a STAR file"):
+        read_particles(tmp_path)
+
+
+def test_writes_are_byte_identical_and_carry_no_time(tmp_path):
+    frame = pd.DataFrame({"rlnImageName": ["1@s.mrcs"], "rlnImagePixelSize": 1.0})
+    write_particles(tmp_path / "a.star", frame)
+    write_particles(tmp_path / "b.star", frame)
+    text = (tmp_path / "a.star").read_text()
+    assert (tmp_path / "b.star").read_bytes() == (tmp_path / "a.star").read_bytes()
+    assert "Created by" not in text and text.startswith("# version 30001\n\ndata_optics")
+    assert text.count("# version 30001") == 2

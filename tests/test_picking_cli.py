@@ -9,8 +9,9 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
+import starfile
 
-from ackmeans_torch.io.coords import PickSet, read_box, read_relion_star, write_box
+from ackmeans_torch.io.coords import PickSet, read_box, read_cbox, read_relion_star, write_box
 
 PICKERS = ("crYOLO", "deepPicker", "topaz")
 STEM = "Falcon_2012_06_12-14_33_35_0"
@@ -75,3 +76,41 @@ def test_bad_input_exits_2_with_one_line_and_writes_nothing(tmp_path: Path) -> N
     lines = r.stderr.strip().splitlines()
     assert len(lines) == 1 and "missing" in lines[0] and "does not exist" in lines[0]
     assert not (out / "summary.tsv").exists() and not (out / "box").exists()
+
+
+def _agreeing_pickers(root: Path) -> list[Path]:
+    """Three pickers finding the same 2 particles on micrograph ``mic``."""
+    xy = np.array([[200.0, 200.0], [600.0, 300.0]])
+    folders = [root / name for name in ("p", "q", "r")]
+    for folder in folders:
+        write_box(folder / "mic.box", PickSet(xy, np.full(2, 100.0), np.array([0.9, 0.5])))
+    return folders
+
+
+def test_consensus_writes_cbox_and_relion_layout_by_default(tmp_path: Path) -> None:
+    """Default relion_micrographs=Micrographs: CBOX beside BOX, Micrographs/mic_autopick.star (the
+    mirror of Micrographs/mic.mrc) with the BOX file's particles, and the autopick.star index
+    naming it (absolute, since the run directory lies outside the working directory)."""
+    out = tmp_path / "out"
+    r = _run("consensus", f"pickers=[{','.join(map(str, _agreeing_pickers(tmp_path)))}]", f"out_dir={out}")
+    assert r.returncode == 0, r.stderr
+    box = read_box(out / "box" / "mic.box")
+    np.testing.assert_allclose(read_cbox(out / "cbox" / "mic.cbox").centres, box.centres, atol=0.5)
+    coords = out / "Micrographs" / "mic_autopick.star"
+    np.testing.assert_allclose(read_relion_star(coords, box_size=100).centres, box.centres, atol=0.5)
+    index = starfile.read(out / "autopick.star", always_dict=True)["coordinate_files"]
+    assert index.to_dict("records") == [{"rlnMicrographName": "Micrographs/mic.mrc",
+                                         "rlnMicrographCoordinates": str(coords.resolve())}]
+    assert not (out / "coords_suffix_autopick.star").exists()
+
+
+def test_missing_micrographs_star_exits_2_before_writing(tmp_path: Path) -> None:
+    """Bad input: relion_micrographs naming a STAR that does not exist → exit 2, one line naming
+    it, no outputs (it is read before the consensus runs)."""
+    out = tmp_path / "out"
+    r = _run("consensus", f"pickers=[{','.join(map(str, _agreeing_pickers(tmp_path)))}]",
+             f"relion_micrographs={tmp_path / 'CtfFind' / 'micrographs_ctf.star'}", f"out_dir={out}")
+    assert r.returncode == 2
+    lines = r.stderr.strip().splitlines()
+    assert len(lines) == 1 and "micrographs_ctf.star does not exist" in lines[0]
+    assert not (out / "summary.tsv").exists() and not (out / "autopick.star").exists()

@@ -7,10 +7,11 @@ After every iteration rank zero writes, atomically (``io/atomic.py``), into the 
   same iteration (angle, shift, mirror, distance), and the hash of the config that made it;
 * ``history.csv`` — the engine's history so far (J, σ, λ, d_c, empty classes, sizes);
 
-and advances a progress bar (tqdm) and logs one line. A run killed at any moment leaves the
-checkpoint of its last finished iteration; :func:`load_checkpoint` reads it back (refusing one
-made by a different config) and the pipeline continues from it, giving the uninterrupted run's
-result (the loop is deterministic given its state and generator).
+and advances a progress bar (tqdm) and logs one line; inside an iteration a second bar follows the
+images of the pass with their rate and ETA (:meth:`IterationRecorder.items`). A run killed at
+any moment leaves the checkpoint of its last finished iteration; :func:`load_checkpoint` reads
+it back (refusing one made by a different config) and the pipeline continues from it, giving
+the uninterrupted run's result (the loop is deterministic given its state and generator).
 """
 
 from __future__ import annotations
@@ -76,21 +77,42 @@ def load_checkpoint(path: Path, *, config_hash: str) -> Resume:
 class IterationRecorder:
     """The per-iteration callback of a run (``RunHooks.on_iteration``): on rank zero it writes
     the checkpoint and ``history.csv``, advances a tqdm bar and logs σ, J, λ; other ranks only
-    take part in the pose gathering that precedes the call. ``close()`` ends the bar."""
+    take part in the pose gathering that precedes the call. :meth:`items`
+    (``RunHooks.on_items``) drives a bar over the images of the current pass (rank zero, with
+    ``progress``). ``close()`` ends the bars."""
 
     def __init__(self, run_dir: Path, *, config_hash: str, max_iter: int, rank_zero: bool,
                  first_iteration: int = 0, progress: bool = True) -> None:
         self.run_dir, self.hash, self.rank_zero = Path(run_dir), config_hash, rank_zero
-        self.bar = None
+        self.bar = self.pass_bar = None
+        self.iteration = first_iteration
         if rank_zero and progress:
             from tqdm import tqdm
 
+            self._tqdm = tqdm
             self.bar = tqdm(total=max_iter + 1, initial=first_iteration, unit="it",
                             desc="classify", dynamic_ncols=True)
+
+    def items(self, done: int, total: int) -> None:
+        """This process has finished ``done`` of the pass's ``total`` images."""
+        if self.bar is None:
+            return
+        if self.pass_bar is None:
+            # below the iteration bar, gone when the iteration ends: the rate and ETA of a pass
+            self.pass_bar = self._tqdm(total=total, unit="img", desc=f"iteration {self.iteration}",
+                                       leave=False, dynamic_ncols=True)
+        self.pass_bar.update(max(0, done - self.pass_bar.n))
+
+    def _end_pass(self) -> None:
+        if self.pass_bar is not None:
+            self.pass_bar.close()
+            self.pass_bar = None
 
     def __call__(self, state: LoopState, poses: Poses) -> None:
         if not self.rank_zero:
             return
+        self._end_pass()
+        self.iteration = state.iteration + 1
         save_checkpoint(self.run_dir / CHECKPOINT_NAME, state=state, poses=poses,
                         config_hash=self.hash)
         with atomic_output(self.run_dir / "history.csv") as tmp:
@@ -104,5 +126,6 @@ class IterationRecorder:
             self.bar.set_postfix(sigma=f"{h['sigma']:.3f}", J=f"{h['J']:.4g}")
 
     def close(self) -> None:
+        self._end_pass()
         if self.bar is not None:
             self.bar.close()

@@ -56,12 +56,15 @@ class RunHooks:
 
     ``on_iteration(state, poses)`` is called on every process after each iteration, with the
     poses already gathered from all processes (a collective: every rank must call it).
+    ``on_items(done, total)``: how far this process is through the current pass (items), for a
+    progress bar inside an iteration (local, no collective).
     """
 
     shard: Shard = identity
     reduce: Reduce = identity
     on_iteration: Callable[[LoopState, Poses], None] | None = None
     resume: Resume | None = None
+    on_items: Callable[[int, int], None] | None = None
 
 
 def pack_reduce(all_reduce: Callable[[Tensor], Tensor]) -> Reduce:

@@ -23,6 +23,7 @@ statistics that follow.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
@@ -44,19 +45,23 @@ class AlignedImages(Dissimilarity):
     """MRA dissimilarity of the preprocessed images of ``source`` (module docstring).
 
     ``align``: the rotation/translation search; ``mask_radius`` px: the particle mask, used by the
-    aligner and on the averages. After a pass, ``poses`` holds the pose of each image in the
+    aligner and on the averages. ``on_items(done, total)``: told after each chunk how far the
+    pass is (the index after the chunk's last image), for a progress bar. After a pass, ``poses``
+    holds the pose of each image in the
     class it was put in, on the images this process summed in the current pass (``owned``, reset
     when the centroids change); :meth:`gathered_poses` completes them across processes.
     """
 
     def __init__(self, source: ImageSource, *, align: AlignOptions, mask_radius: float,
-                 recentre_references: bool = True) -> None:
+                 recentre_references: bool = True,
+                 on_items: Callable[[int, int], None] | None = None) -> None:
         self._read, device = source.images, source.device
         self.n_items, size = len(source), source.box_size
         self.mask_radius = float(mask_radius)
         self.mask = circular_mask(size, mask_radius, device=device)
         self.recentre_references = recentre_references
         self.align = align
+        self.on_items = on_items
         self._centers: Tensor | None = None
         self._references: Tensor | None = None
         self._cache: dict[bytes, tuple[Tensor, Alignment]] = {}
@@ -99,6 +104,9 @@ class AlignedImages(Dissimilarity):
         self.poses.put(dev_index, poses)
         self.owned[dev_index] = True
         aligned = poses.to_class_frame(images)
+        if self.on_items is not None:
+            # the statistics close a chunk's work once per pass (the d_c probe never gets here)
+            self.on_items(int(index.max()) + 1, self.n_items)
         return {"sums": sums.index_add_(0, labels.to(centers.device), aligned * self.mask)}
 
     def gathered_poses(self, reduce) -> Poses:
@@ -115,7 +123,8 @@ class MRA(Pipeline):
 
     def classify(self, images: ImageSource, *, rule: SizeRule, options: ClusterOptions,
                  align: AlignOptions, mask_radius: float, hooks: RunHooks) -> Classification:
-        provider = AlignedImages(images, align=align, mask_radius=mask_radius)
+        provider = AlignedImages(images, align=align, mask_radius=mask_radius,
+                                 on_items=hooks.on_items)
         if hooks.resume is not None:
             provider.poses = hooks.resume.poses.to(images.device)
         result = options.fit(provider, rule=rule, device=images.device, shard=hooks.shard,

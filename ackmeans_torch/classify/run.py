@@ -26,6 +26,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import logging
+import os
 import time
 from abc import ABC, abstractmethod
 from collections.abc import Callable
@@ -143,12 +144,15 @@ def _check(source: ImageSource, *, pipeline: Pipeline, options: ClusterOptions,
         check_number("wiener_epsilon", wiener_epsilon, 1e-12)
 
 
-def _output_particles(source: ImageSource, out_dir: Path) -> tuple[pd.DataFrame, ImageSource | None]:
-    """The table to write back, its image names valid from ``out_dir``; for images held in memory
-    only, also the source whose images the outputs must write (as ``images.mrcs``)."""
-    names = source.image_names(out_dir)
+def _output_particles(source: ImageSource, out_dir: Path,
+                      project_dir: Path) -> tuple[pd.DataFrame, ImageSource | None]:
+    """The table to write back, its image names valid from ``project_dir`` (where RELION runs):
+    as given where they already are; for images held in memory only, the names of the
+    ``images.mrcs`` the outputs write into ``out_dir``, and the source to write."""
+    names = source.image_names(project_dir)
     if names is None:
-        names = [f"{i + 1:06d}@images.mrcs" for i in range(len(source))]
+        stack = os.path.relpath(os.path.abspath(out_dir / "images.mrcs"), project_dir)
+        names = [f"{i + 1:06d}@{stack}" for i in range(len(source))]
         return source.particles.assign(rlnImageName=names), source
     return source.particles.assign(rlnImageName=names), None
 
@@ -158,7 +162,8 @@ def run_classification(source: ImageSource, *, pipeline: Pipeline, rule: SizeRul
                        preprocess_options: PreprocessOptions | None = None,
                        trainer: TrainerOptions | None = None, out_dir: str | Path | None = None,
                        resume: bool | str | Path = False, wiener_epsilon: float | None = None,
-                       progress: bool = False) -> ClassificationRun | None:
+                       progress: bool = False,
+                       project_dir: str | Path | None = None) -> ClassificationRun | None:
     """Classify the images of ``source`` (module docstring); returns a :class:`ClassificationRun`
     on rank zero and None on the other ranks of a multi-process run.
 
@@ -169,6 +174,8 @@ def run_classification(source: ImageSource, *, pipeline: Pipeline, rule: SizeRul
     written and nothing can resume). ``resume``: True continues the checkpoint in ``out_dir``, a
     path another run directory's. ``wiener_epsilon``: build CTF-weighted (Wiener) class averages
     with this constant (None: plain averages). ``progress``: a progress bar on rank zero.
+    ``project_dir``: the folder the written image names hold from, where RELION is run (None: the
+    current directory).
     """
     align = align or AlignOptions()
     preprocess_options = preprocess_options or PreprocessOptions()
@@ -201,6 +208,8 @@ def run_classification(source: ImageSource, *, pipeline: Pipeline, rule: SizeRul
         result = pipeline.classify(images, rule=rule, options=options, align=align,
                                    mask_radius=images.mask_radius,
                                    hooks=RunHooks(shard=shard, reduce=reduce, on_iteration=recorder,
+                                                  on_items=None if recorder is None
+                                                  else recorder.items,
                                                   resume=saved))
     finally:
         if recorder is not None:
@@ -225,15 +234,16 @@ def run_classification(source: ImageSource, *, pipeline: Pipeline, rule: SizeRul
             truth=particles[CENTRE_LABEL_COLUMN].to_numpy())
         summary.update(figures)
     if out_dir is not None:
-        table, in_memory = _output_particles(source, out_dir)
+        project = Path(os.path.abspath(Path.cwd() if project_dir is None else project_dir))
+        table, in_memory = _output_particles(source, out_dir, project)
         write_outputs(out_dir, result, table, pixel_size=images.pixel_size, title=title,
-                      images=in_memory)
+                      images=in_memory, prepared=images, align=align, seed=options.seed,
+                      project_dir=project)
         if angles is not None:
             angular_histogram({title: angles}, out_dir / "angular_distances.png")
         with atomic_output(out_dir / "summary.json") as tmp:
             tmp.write_text(json.dumps(summary, indent=2))
-    log.info("classified %d images into %d classes in %.1f s: %s%s", len(source),
-             options.n_classes, summary["seconds"],
-             json.dumps({k: round(v, 4) if isinstance(v, float) else v for k, v in summary.items()}),
-             "" if out_dir is None else f"; outputs in {out_dir}")
+    # the figures are in summary.json and run.summary; the CLI prints them as a table
+    log.info("classified %d images into %d classes in %.1f s%s", len(source), options.n_classes,
+             summary["seconds"], "" if out_dir is None else f"; outputs in {out_dir}")
     return ClassificationRun(result=result, summary=summary, images=images, out_dir=out_dir)

@@ -17,19 +17,32 @@ traceback): a ``ValueError`` (which :class:`~ackmeans_torch.errors.InputError` i
 cannot be composed, a missing mandatory value, or a keyword a ``_target_`` does not take. When the
 run directory was new, everything the failed run wrote into it is removed (nothing half-written
 stays). Ctrl-C ends with one line, "interrupted; resume with resume=true", and exit code 130. Any
-other exception is a bug and keeps its traceback.
+other exception is a bug and keeps its traceback. An unquoted value with spaces (``data.path=/a
+b/c.star``, split by the shell) is named in one line with the quoted form to type instead.
+
+The run directory is one run's (:class:`RunDirectory`, rank zero): a second run into it while the
+first is going is refused (``fcntl.flock`` on ``out_dir/.lock``); a directory that already holds
+files is refused unless the run continues it (``resume``) or replaces it (``overwrite=true``,
+only a directory with an earlier run's ``run_info.yaml``); temporary files a killed run left
+(``.name.tmp<pid>``, ``io/atomic.py``) are removed before it is continued or replaced.
+
+Warnings (ConvergenceWarning, mrcfile's header warnings, ...) go through logging as one line,
+category and message, to the terminal and ``app.log``.
 """
 
 from __future__ import annotations
 
 import datetime
+import fcntl
 import functools
 import io
 import logging
 import os
+import re
 import shlex
 import shutil
 import sys
+import warnings
 from collections.abc import Callable
 from pathlib import Path
 
@@ -40,9 +53,14 @@ from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
 from ackmeans_torch import __version__
+from ackmeans_torch.cli import help as help_page
+from ackmeans_torch.errors import InputError
 from ackmeans_torch.io.atomic import atomic_output
 
-CONFIG_DIR = str(Path(__file__).resolve().parents[1] / "configs")
+CONFIG_DIR = str(help_page.CONFIG_DIR)
+LOCK_NAME = ".lock"
+# what io/atomic.py writes before its rename, and the set-aside folder of an overwrite
+_TEMPORARY = re.compile(r"^\..+\.tmp\d+")
 EXIT_BAD_INPUT = 2
 EXIT_INTERRUPTED = 130
 LOG_FORMAT = "[%(asctime)s][%(name)s][%(levelname)s] - %(message)s"
@@ -61,9 +79,89 @@ def fail(message: str, code: int = EXIT_BAD_INPUT) -> None:
 
 
 def _rank_zero() -> bool:
-    # under a multi-process launch only rank zero keeps the record (another rank's argv is the
-    # launcher's re-execution, not what the user typed)
-    return int(os.environ.get("RANK", os.environ.get("LOCAL_RANK", "0"))) == 0
+    # under a multi-process launch only rank zero keeps the record and holds the run directory
+    # (another rank's argv is the launcher's re-execution, not what the user typed); srun sets
+    # only SLURM_PROCID, Lightning's own launcher LOCAL_RANK, torchrun RANK
+    for name in ("RANK", "LOCAL_RANK", "SLURM_PROCID"):
+        if name in os.environ:
+            return int(os.environ[name]) == 0
+    return True
+
+
+class RunDirectory:
+    """Rank zero's hold on the run directory for one run (module docstring): the lock is taken
+    at once; a reused directory is checked, its stale temporary files removed and, for
+    ``overwrite``, the earlier run's files set aside (``.replaced.tmp<pid>``) so a run that
+    fails on bad input can put them back. ``fresh``: the run starts from an empty directory."""
+
+    def __init__(self, path: Path, *, resume: object, overwrite: bool) -> None:
+        self.path, self.aside = path, None
+        self._fd = os.open(path / LOCK_NAME, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(self._fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = os.read(self._fd, 32).decode(errors="replace").strip()
+            os.close(self._fd)
+            raise InputError(f"out_dir={path} is in use by another run"
+                             f"{f' (pid {holder})' if holder else ''}; wait for it to end or "
+                             "choose another out_dir") from None
+        os.ftruncate(self._fd, 0)
+        os.write(self._fd, f"{os.getpid()}\n".encode())
+        try:
+            entries = self._entries()
+            self.fresh = not entries
+            if entries:
+                self._reuse(resume, overwrite)
+        except BaseException:
+            self.release()
+            raise
+
+    def _entries(self) -> list[Path]:
+        return [e for e in self.path.iterdir() if e.name != LOCK_NAME]
+
+    def _reuse(self, resume: object, overwrite: bool) -> None:
+        continues = resume is True or (isinstance(resume, str) and resume not in ("", "false")
+                                       and Path(resume).resolve() == self.path.resolve())
+        if not continues and not overwrite:
+            raise InputError(f"out_dir={self.path} already holds files; continue that run with "
+                             "resume=true, replace it with overwrite=true, or choose another "
+                             "out_dir")
+        if not continues and not (self.path / "run_info.yaml").is_file():
+            raise InputError(f"out_dir={self.path} holds files but no ackmeans-torch run "
+                             "(no run_info.yaml); overwrite=true only replaces a run, choose "
+                             "another out_dir")
+        # the lock is held: no other run can be writing these, they are a killed run's
+        for stale in sorted(self.path.rglob(".*.tmp*"), reverse=True):
+            if _TEMPORARY.match(stale.name):
+                shutil.rmtree(stale) if stale.is_dir() else stale.unlink()
+        if continues:
+            return
+        self.aside = self.path / f".replaced.tmp{os.getpid()}"
+        self.aside.mkdir()
+        for entry in self._entries():
+            if entry != self.aside:
+                entry.rename(self.aside / entry.name)
+        self.fresh = True
+
+    def release(self, *, failed: bool = False, keep_aside: bool = False) -> None:
+        """End the hold. ``failed``: the run stopped on bad input: what it wrote into a fresh
+        directory is removed, an overwritten run's files are put back, and a directory left
+        empty is removed. ``keep_aside``: a bug stopped the run; the overwritten run's files
+        stay in their set-aside folder (removed by the next overwrite or resume)."""
+        if failed and self.fresh:
+            for entry in self._entries():
+                if entry != self.aside:
+                    shutil.rmtree(entry) if entry.is_dir() else entry.unlink()
+        if self.aside is not None and not keep_aside:
+            if failed:
+                for entry in self.aside.iterdir():
+                    entry.rename(self.path / entry.name)
+            shutil.rmtree(self.aside)
+            self.aside = None
+        if failed and not self._entries():
+            (self.path / LOCK_NAME).unlink()
+            self.path.rmdir()
+        os.close(self._fd)
 
 
 def _write_run_record(cfg: DictConfig, run_dir: Path) -> None:
@@ -81,8 +179,15 @@ def _write_run_record(cfg: DictConfig, run_dir: Path) -> None:
         tmp.write_text(OmegaConf.to_yaml(OmegaConf.create(info)))
 
 
+def _log_warning(message, category, filename, lineno, file=None, line=None) -> None:
+    # logging.captureWarnings alone logs warnings.formatwarning's text: file, line number and the
+    # source line that raised it, on three lines
+    text = " ".join(str(message).split())
+    logging.getLogger("py.warnings").warning("%s: %s", category.__name__, text)
+
+
 def _start_logging(run_dir: Path | None) -> list[logging.Handler]:
-    """INFO lines to stdout and, on rank zero, to ``run_dir/app.log``."""
+    """INFO lines to stdout and, on rank zero, to ``run_dir/app.log``; warnings as one line."""
     handlers: list[logging.Handler] = [logging.StreamHandler(sys.stdout)]
     if run_dir is not None:
         handlers.append(logging.FileHandler(run_dir / "app.log"))
@@ -91,7 +196,8 @@ def _start_logging(run_dir: Path | None) -> list[logging.Handler]:
         handler.setFormatter(logging.Formatter(LOG_FORMAT))
         root.addHandler(handler)
     root.setLevel(logging.INFO)
-    logging.captureWarnings(True)  # warnings reach the log as one line, not a source excerpt
+    logging.captureWarnings(True)  # keeps the original showwarning for captureWarnings(False)
+    warnings.showwarning = _log_warning
     return handlers
 
 
@@ -122,14 +228,22 @@ def bad_input_message(exc: BaseException) -> str | None:
     return None
 
 
-def _clean_up(run_dir: Path) -> None:
-    """Remove what a failed run wrote into the run directory it created."""
-    for entry in run_dir.iterdir():
-        if entry.is_dir():
-            shutil.rmtree(entry)
-        else:
-            entry.unlink()
-    run_dir.rmdir()
+def unquoted_value(args: list[str]) -> str | None:
+    """The message for a value with spaces the shell split (``data.path=/a b/c.star`` arrives
+    as ``data.path=/a`` and ``b/c.star``), or None."""
+    for i, arg in enumerate(args):
+        if "=" not in arg or arg.startswith("-"):
+            continue
+        rest = []
+        for piece in args[i + 1:]:
+            if "=" in piece or piece.startswith(("-", "~")):
+                break
+            rest.append(piece)
+        if rest:
+            key, value = arg.split("=", 1)
+            return (f"config: {rest[0]!r} is not a key=value override; quote a value with "
+                    f"spaces: {key}='{' '.join([value, *rest])}'")
+    return None
 
 
 def hydra_command(config_name: str) -> Callable[[Command], Callable[[], None]]:
@@ -146,11 +260,12 @@ def hydra_command(config_name: str) -> Callable[[Command], Callable[[], None]]:
             sys.stderr = state["stderr"]
             run_dir = Path(HydraConfig.get().runtime.output_dir)
             handlers: list[logging.Handler] = []
-            fresh = False
+            hold: RunDirectory | None = None
             try:
                 run_dir.mkdir(parents=True, exist_ok=True)
-                fresh = not any(run_dir.iterdir())
                 if _rank_zero():
+                    hold = RunDirectory(run_dir, resume=cfg.get("resume", False),
+                                        overwrite=bool(cfg.get("overwrite", False)))
                     _write_run_record(cfg, run_dir)
                 handlers = _start_logging(run_dir if _rank_zero() else None)
                 command(cfg, run_dir)
@@ -159,14 +274,20 @@ def hydra_command(config_name: str) -> Callable[[Command], Callable[[], None]]:
             except Exception as exc:
                 message = bad_input_message(exc)
                 if message is None or _debug():
+                    if hold is not None:
+                        hold, held = None, hold
+                        held.release(keep_aside=True)
                     raise
                 _stop_logging(handlers)
                 handlers = []
-                if fresh and _rank_zero():
-                    _clean_up(run_dir)
+                if hold is not None:
+                    hold, held = None, hold
+                    held.release(failed=True)
                 fail(message)
             finally:
                 _stop_logging(handlers)
+                if hold is not None:
+                    hold.release()
 
         @functools.wraps(command)
         def entry() -> None:
@@ -182,6 +303,9 @@ def hydra_command(config_name: str) -> Callable[[Command], Callable[[], None]]:
             except SystemExit as exc:
                 sys.stderr = real_stderr
                 if exc.code == 1 and not state["started"] and not _debug():
+                    split = unquoted_value(sys.argv[1:])
+                    if split:
+                        fail(split)
                     lines = [ln.strip() for ln in held.getvalue().splitlines()]
                     lines = [ln for ln in lines if ln and "HYDRA_FULL_ERROR" not in ln]
                     if any(ln.startswith("Traceback") for ln in lines):

@@ -11,11 +11,13 @@ Examples::
 
 The command only composes the config into the arguments of
 :func:`ackmeans_torch.classify.run.run_classification`: every option object is made (and
-validated) before any image is read or simulated.
+validated) before any image is read or simulated. At the end it prints the run's summary as a
+table (:func:`summary_table`), also into ``app.log``.
 """
 
 from __future__ import annotations
 
+import logging
 import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -28,6 +30,8 @@ from omegaconf import DictConfig
 from ackmeans_torch.classify.run import run_classification
 from ackmeans_torch.cli.app import hydra_command
 from ackmeans_torch.cluster.options import ClusterOptions
+
+log = logging.getLogger(__name__)
 
 
 @contextmanager
@@ -69,9 +73,51 @@ def classify_from_config(cfg: DictConfig, run_dir: Path):
         return run_classification(
             source, **settings, out_dir=run_dir, resume=resume,
             wiener_epsilon=cfg.wiener_epsilon if cfg.ctf_averages else None,
-            progress=cfg.progress)
+            progress=cfg.progress, project_dir=cfg.data.get("project_dir"))
+
+
+def _duration(seconds: float) -> str:
+    if seconds < 60:
+        return f"{seconds:.1f} s"
+    minutes, secs = divmod(round(seconds), 60)
+    hours, minutes = divmod(minutes, 60)
+    return f"{hours} h {minutes:02d} min" if hours else f"{minutes} min {secs:02d} s"
+
+
+def summary_table(run) -> str:
+    """The end-of-run summary of a :class:`~ackmeans_torch.classify.run.ClassificationRun` as
+    aligned rows: sizes, singletons and empty classes, iterations, convergence, time, accuracy
+    when the truth is known, and where the outputs are."""
+    summary, sizes = run.summary, sorted(int(s) for s in run.result.sizes.tolist())
+    rows = [
+        ("method", summary["label"]),
+        ("images / classes", f"{summary['n_images']:,} / {summary['n_classes']}"),
+        ("class sizes", f"min {sizes[0]:,}, median {sizes[len(sizes) // 2]:,}, "
+                        f"max {sizes[-1]:,} images"),
+        ("singletons / empty", f"{sizes.count(1)} / {sizes.count(0)} classes"),
+        ("iterations", f"{summary['iterations']}, " + (
+            "converged (sigma <= sigma0)" if summary["converged"]
+            else "NOT converged: stopped at max_iter (raise max_iter or sigma0)")),
+        ("time", f"{_duration(summary['seconds'])} on {summary['processes']} process"
+                 + ("es" if summary["processes"] > 1 else "")),
+    ]
+    if summary.get("resumed_after") is not None:
+        rows.append(("resumed after", f"iteration {summary['resumed_after']}"))
+    if "median_angle" in summary:
+        rows.append(("accuracy (known views)",
+                     f"median within-class angle {summary['median_angle']:.1f}°, "
+                     f"{100 * summary['frac_below_10']:.1f}% of pairs < 10°"
+                     + (f", ARI {summary['ari']:.3f}, NMI {summary['nmi']:.3f}"
+                        if "ari" in summary else "")))
+    if run.out_dir is not None:
+        rows.append(("outputs", f"{run.out_dir}/ (particles.star, class_averages.mrcs, "
+                                "classes.star, class_gallery.png, summary.json)"))
+    width = max(len(name) for name, _ in rows)
+    return "\n".join(f"  {name:<{width}}  {value}" for name, value in rows)
 
 
 @hydra_command("classify")
 def main(cfg: DictConfig, run_dir: Path) -> None:
-    classify_from_config(cfg, run_dir)
+    run = classify_from_config(cfg, run_dir)
+    if run is not None:  # rank zero
+        log.info("summary\n%s", summary_table(run))

@@ -1,12 +1,14 @@
 """Consensus particle picking (one-shot REPIC): k pickers' coordinate files → per-micrograph
-consensus BOX and RELION coordinate STAR, ``summary.tsv``, ``confidences.png`` and, with
-micrograph images, overlay PNGs.
+consensus BOX, crYOLO CBOX and RELION coordinate STAR, RELION's autopick layout (coordinate files
+mirroring the micrograph folders plus the ``autopick.star`` index), ``summary.tsv``,
+``confidences.png`` and, with micrograph images, overlay PNGs.
 
 Examples::
 
     ackmeans-torch consensus pickers='[crYOLO/,deepPicker/,topaz/]' box_size=180
     ackmeans-torch consensus pickers='[a/,b/,c/]' box_size=180 min_pickers=2 top=300
     ackmeans-torch consensus pickers='[a/,b/,c/]' box_size=180 repic_compat=true   # REPIC 0.2.1
+    ackmeans-torch consensus pickers='[a/,b/,c/]' relion_micrographs=CtfFind/job003/micrographs_ctf.star
 """
 
 from __future__ import annotations
@@ -20,7 +22,10 @@ from omegaconf import DictConfig, ListConfig
 from ackmeans_torch.cli.app import hydra_command
 from ackmeans_torch.errors import InputError
 from ackmeans_torch.io.atomic import atomic_output
-from ackmeans_torch.io.coords import write_box, write_relion_star
+from ackmeans_torch.io.coords import (
+    is_star_path, relion_coordinate_path, relion_micrograph_names, write_box, write_cbox, write_relion_autopick,
+    write_relion_coordinate_index, write_relion_star,
+)
 from ackmeans_torch.picking.consensus import MicrographConsensus, PickerData, load_pickers, run_consensus
 from ackmeans_torch.picking.plots import IMAGE_SUFFIXES, plot_overlay, plot_sorted_confidence, read_micrograph_image
 
@@ -59,15 +64,56 @@ def summary_table(results: list[MicrographConsensus], pickers: list[str]) -> pd.
     return pd.DataFrame(rows)
 
 
+def _from_project(path: Path) -> str:
+    """``path`` as RELION resolves it from its project directory, taken to be the working
+    directory (RELION runs there); absolute when ``path`` lies outside it."""
+    path = path.resolve()
+    try:
+        return path.relative_to(Path.cwd().resolve()).as_posix()
+    except ValueError:
+        return path.as_posix()
+
+
+def write_relion_layout(run_dir: Path, results: list[MicrographConsensus], names: dict[str, str],
+                        micrographs_star: str | None) -> None:
+    """RELION's autopick layout in ``run_dir``: ``<mirror of the micrograph name>_autopick.star``
+    per processed micrograph that ``names`` knows (where RELION 3.1's ``--coord_dir run_dir
+    --coord_suffix _autopick.star`` looks), the ``autopick.star`` index RELION 4 reads and, from a
+    micrographs STAR, ``coords_suffix_autopick.star`` naming it (the file the RELION 3.1 GUI's
+    Extract job takes as its coordinate input)."""
+    pairs, unnamed = [], []
+    for r in results:
+        if r.status == "skipped":
+            continue
+        if r.stem not in names:
+            unnamed.append(r.stem)
+            continue
+        coords = run_dir / relion_coordinate_path(names[r.stem])
+        write_relion_autopick(coords, r.picks)
+        pairs.append((names[r.stem], _from_project(coords)))
+    if unnamed:
+        log.warning("%d micrographs are not in relion_micrographs (%s), so they have no RELION coordinate file: %s",
+                    len(unnamed), micrographs_star, ", ".join(unnamed[:5]) + (" ..." if len(unnamed) > 5 else ""))
+    write_relion_coordinate_index(run_dir / "autopick.star", pairs)
+    if micrographs_star is not None:
+        with atomic_output(run_dir / "coords_suffix_autopick.star") as tmp:
+            Path(tmp).write_text(micrographs_star + "\n")
+
+
 def write_outputs(run_dir: Path, data: PickerData, results: list[MicrographConsensus], *,
-                  micrographs: str | None, image_y_flipped: str | bool) -> None:
-    """BOX + STAR per processed micrograph, the summary, the confidence plot and overlays."""
+                  micrographs: str | None, image_y_flipped: str | bool, relion_names: dict[str, str] | None,
+                  micrographs_star: str | None) -> None:
+    """BOX, CBOX and STAR per processed micrograph, RELION's autopick layout (unless
+    ``relion_names`` is None), the summary, the confidence plot and overlays."""
     for r in results:
         if r.status == "skipped":
             log.warning("skipped %s: %s", r.stem, r.error)
             continue
         write_box(run_dir / "box" / f"{r.stem}.box", r.picks)
+        write_cbox(run_dir / "cbox" / f"{r.stem}.cbox", r.picks)
         write_relion_star(run_dir / "star" / f"{r.stem}.star", r.picks)
+    if relion_names is not None:
+        write_relion_layout(run_dir, results, relion_names, micrographs_star)
     with atomic_output(run_dir / "summary.tsv") as tmp:
         summary_table(results, data.pickers).to_csv(tmp, sep="\t", index=False)
     plot_sorted_confidence([r.picks.scores for r in results if r.status != "skipped"], run_dir / "confidences.png")
@@ -77,7 +123,9 @@ def write_outputs(run_dir: Path, data: PickerData, results: list[MicrographConse
     if not folder.is_dir():
         raise InputError(f"micrographs={folder} is not a folder of micrograph images")
     images = {p.stem: p for p in sorted(folder.iterdir()) if p.suffix.lower() in IMAGE_SUFFIXES}
-    for r in results:
+    from tqdm import tqdm  # the overlays are the slow, per-micrograph part: a bar with ETA on a terminal
+
+    for r in tqdm(results, desc="overlays", unit="micrograph", disable=None, leave=False):
         if r.stem in images and r.status != "skipped":
             path = images[r.stem]
             flipped = path.suffix.lower() != ".mrc" if image_y_flipped == "auto" else bool(image_y_flipped)
@@ -92,11 +140,16 @@ def main(cfg: DictConfig, run_dir: Path) -> None:
     if not isinstance(formats, str) and len(formats) != len(sources):
         raise InputError(f"formats: {len(cfg.formats)} entries for {len(sources)} pickers; give one per picker")
     data = load_pickers(sources, formats=formats, box_size=cfg.box_size, skip_bad=cfg.skip_bad_micrographs)
+    source = cfg.relion_micrographs
+    # Read before the solver runs, so that a wrong micrographs STAR costs no consensus time.
+    relion_names = None if source is None else relion_micrograph_names(str(source), list(data.picks))
+    micrographs_star = str(source) if source is not None and is_star_path(str(source)) else None
     results = run_consensus(
         data, threshold=cfg.threshold, min_pickers=cfg.min_pickers, box_size=cfg.box_size,
         score_norm=cfg.score_norm, consensus_box=cfg.consensus_box, repic_compat=cfg.repic_compat,
         time_limit=cfg.time_limit, top=cfg.top, device=cfg.device)
-    write_outputs(run_dir, data, results, micrographs=cfg.micrographs, image_y_flipped=cfg.image_y_flipped)
+    write_outputs(run_dir, data, results, micrographs=cfg.micrographs, image_y_flipped=cfg.image_y_flipped,
+                  relion_names=relion_names, micrographs_star=micrographs_star)
     done = [r for r in results if r.status != "skipped"]
     log.info("%d micrographs, %d consensus particles, %d skipped; outputs in %s", len(done),
              sum(len(r.picks) for r in done), len(results) - len(done), run_dir)

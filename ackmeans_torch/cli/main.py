@@ -1,7 +1,9 @@
 """``ackmeans-torch <command> [key=value ...]``: the one console script.
 
 Each command is a Hydra app composed from ``configs/<command>.yaml``; ``ackmeans-torch <command>
---help`` shows its config and the overrides it takes.
+--help`` (or ``ackmeans-torch help <command>``) prints its settings, groups, required keys and
+examples from the YAML comments (``cli/help.py``) without starting Hydra or importing torch; the
+other Hydra options (``--cfg job``, ``--multirun``, ``--hydra-help``) go to Hydra.
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ COMMANDS = {
     "classify": ("ackmeans_torch.cli.classify", "2D classification (MRA, MSA/MRA, RFA) with ACK-means or its baselines"),
     "consensus": ("ackmeans_torch.cli.consensus", "consensus particle picking over several pickers (REPIC)"),
     "evaluate": ("ackmeans_torch.cli.evaluate", "score classifications or picks against a reference"),
+    "select": ("ackmeans_torch.cli.select", "keep or drop 2D classes of a classify run or RELION Class2D job"),
 }
 
 USAGE = "usage: ackmeans-torch <command> [--help] [--multirun] [key=value ...]"
@@ -26,12 +29,14 @@ def _help() -> str:
     return (
         f"{USAGE}\n\nCommands:\n{rows}\n\n"
         "Config: Hydra overrides, e.g. `ackmeans-torch classify n_classes=50 objective=kmeans seed=3`;\n"
-        "`ackmeans-torch <command> --help` shows a command's config."
+        "`ackmeans-torch <command> --help` lists a command's settings, groups and examples."
     )
 
 
 def main(argv: list[str] | None = None) -> None:
     args = sys.argv[1:] if argv is None else argv
+    if args[:1] == ["help"] and len(args) > 1:
+        args = [args[1], "--help", *args[2:]]
     if not args or args[0] in ("-h", "--help", "help"):
         print(_help())
         return
@@ -40,6 +45,11 @@ def main(argv: list[str] | None = None) -> None:
         print(f"ackmeans-torch: error: unknown command {name!r}; choose one of "
               f"{', '.join(COMMANDS)}", file=sys.stderr)
         sys.exit(2)
+    if "--help" in rest or "-h" in rest:
+        from ackmeans_torch.cli.help import command_help
+
+        print(command_help(name, *COMMANDS[name], rest))
+        return
     module = importlib.import_module(COMMANDS[name][0])
     # Hydra reads sys.argv: present the sub-command as the program.
     sys.argv = [f"ackmeans-torch {name}", *rest]

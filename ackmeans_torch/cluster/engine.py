@@ -98,6 +98,25 @@ class Dissimilarity(ABC):
         ``{"sums": (K, *F)}``, the items as they enter the class means). An empty ``index`` (a
         process owning none of a chunk) gives zeros of the same shapes."""
 
+    def leave_one_out(self, d: Tensor, current: Tensor, members: Tensor) -> Tensor:
+        """Own-class dissimilarities without the item's own contribution to its centre: an item
+        is part of the average it is compared with, which biases its own-class distance low (a
+        one-item class's average *is* the item). For the mean of ``n`` items,
+        ‖x − μ₋ᵢ‖² = (n / (n − 1))² ‖x − μ‖² exactly; ``members (K,)`` are the classes' sizes
+        when the centres were made, ``current (B,)`` the items' classes then (−1: none). A
+        one-item class's own distance becomes infinite (nothing but the item supports it). A
+        dissimilarity with another M-step overrides this."""
+        rows = torch.nonzero(current >= 0).squeeze(1)
+        if not len(rows):
+            return d
+        n = members[current[rows]].to(d.dtype)
+        own = d[rows, current[rows]]
+        out = d.clone()
+        # (a one-item class's own distance is 0 · ∞: infinite, not NaN)
+        out[rows, current[rows]] = torch.where(n > 1, own * (n / (n - 1).clamp_min(1)) ** 2,
+                                               torch.full_like(own, math.inf))
+        return out
+
     def update(self, statistics: dict[str, Tensor], previous: Tensor) -> Tensor:
         """The M-step: new centres (K, *F) from the summed ``statistics`` (with the loop's
         ``counts`` (K,)) and the ``previous`` centres. Default: the class means (paper step 13);
@@ -203,11 +222,13 @@ def _add(total: dict[str, Tensor] | None, part: dict[str, Tensor]) -> dict[str, 
 
 def _pass(provider: Dissimilarity, centers: Tensor, labels: Tensor, sizes: Tensor,
           rule: SizePenalty, *, d_c: Tensor, batch_size: int, chunk_size: int, shard: Shard,
-          reduce: Reduce) -> tuple[Tensor, Tensor, dict[str, Tensor]]:
+          reduce: Reduce, members: Tensor | None) -> tuple[Tensor, Tensor, dict[str, Tensor]]:
     """One assignment pass over all items in index order (paper steps 9–12).
 
-    Sizes are refreshed (all-reduced) after every global batch of ``batch_size`` items. Returns
-    new labels (complete after the final reduce), new sizes and the reduced statistics.
+    Sizes are refreshed (all-reduced) after every global batch of ``batch_size`` items.
+    ``members``: the centres' class sizes for the leave-one-out own-class distance (None: the
+    paper's distances). Returns new labels (complete after the final reduce), new sizes and the
+    reduced statistics (Σd of the plain distances).
     """
     n, k = provider.n_items, centers.shape[0]
     device = centers.device
@@ -225,11 +246,12 @@ def _pass(provider: Dissimilarity, centers: Tensor, labels: Tensor, sizes: Tenso
             centers.new_zeros((0, k))
         _check_finite(d, start)
         cur = labels[chunk_index.to(device)]
+        scored = d if members is None else provider.leave_one_out(d, cur, members)
         chunk_new = torch.empty_like(cur)
         offset = 0
         for idx in local:
             b = len(idx)
-            d_b, cur_b = d[offset:offset + b], cur[offset:offset + b]
+            d_b, cur_b = scored[offset:offset + b], cur[offset:offset + b]
             new_b = rule.scores(d_b, sizes, cur_b, d_c=d_c, n_items=n).argmin(1)
             # Old labels count in bins k..2k−1; an unassigned item (−1, first pass) goes to the
             # dropped bin 3k.
@@ -251,9 +273,10 @@ def _pass(provider: Dissimilarity, centers: Tensor, labels: Tensor, sizes: Tenso
 
 
 def _global_pass(provider: Dissimilarity, centers: Tensor, labels: Tensor, rule: GlobalSizeRule,
-                 *, chunk_size: int, shard: Shard,
-                 reduce: Reduce) -> tuple[Tensor, dict[str, Tensor]]:
-    """A pass of a global rule (EQK-means): it assigns from the whole (N, K) matrix at once."""
+                 *, chunk_size: int, shard: Shard, reduce: Reduce,
+                 members: Tensor | None) -> tuple[Tensor, dict[str, Tensor]]:
+    """A pass of a global rule (EQK-means): it assigns from the whole (N, K) matrix at once
+    (leave-one-out own-class distances when ``members`` is given, as in :func:`_pass`)."""
     n, k = provider.n_items, centers.shape[0]
     d_all = centers.new_zeros((n, k))
     for start in range(0, n, chunk_size):
@@ -263,7 +286,7 @@ def _global_pass(provider: Dissimilarity, centers: Tensor, labels: Tensor, rule:
             _check_finite(d, start)
             d_all[idx.to(centers.device)] = d
     d_all = reduce({"d": d_all})["d"]
-    new = rule.assign(d_all)
+    new = rule.assign(d_all if members is None else provider.leave_one_out(d_all, labels, members))
     statistics = None
     for start in range(0, n, chunk_size):
         idx = shard(torch.arange(start, min(n, start + chunk_size)))
@@ -276,15 +299,51 @@ def _global_pass(provider: Dissimilarity, centers: Tensor, labels: Tensor, rule:
     return new, stats
 
 
+def _reseed_small(provider: Dissimilarity, centers: Tensor, updated: Tensor, labels: Tensor,
+                  counts: Tensor, *, min_size: int, generator: torch.Generator, shard: Shard,
+                  reduce: Reduce) -> tuple[Tensor, list[int]]:
+    """Give every class with fewer than ``min_size`` members a new centre: the M-step of a
+    random half of the currently largest class (EMAN2's ``mininclass`` idea: a class that holds
+    almost nothing is a wasted reference; splitting the largest class puts it where the data
+    are). Statistics are taken against ``centers`` (those of the pass just made, which the
+    provider holds), drawn from the CPU ``generator`` (the same on every process), and summed
+    with ``reduce``. Returns the centres and the reseeded classes."""
+    counts = counts.clone()
+    reseeded = []
+    for j in torch.nonzero(counts < min_size).squeeze(1).tolist():
+        big = int(counts.argmax())
+        members = torch.nonzero(labels == big).squeeze(1).cpu()
+        if len(members) < 2 * max(min_size, 1):
+            break  # nothing left to split
+        half = members[torch.randperm(len(members), generator=generator)[: len(members) // 2]]
+        own = shard(half)
+        stats = reduce(provider.statistics(own, torch.full((len(own),), big, dtype=torch.int64,
+                                                           device=labels.device), centers))
+        stats["counts"] = torch.zeros_like(counts).index_fill_(0, torch.tensor([big]), len(half))
+        updated = updated.clone()
+        updated[j] = provider.update(stats, centers)[big]
+        counts[big] -= len(half)
+        counts[j] = len(half)
+        reseeded.append(j)
+    return updated, reseeded
+
+
 @torch.no_grad()  # hard assignment: no graph, also not through an autograd penalty's marginal
 def fit_clusters(provider: Dissimilarity, centers: Tensor, *, rule: SizeRule,
                  max_iter: int = 100, sigma0: float = 0.0, batch_size: int = 1,
                  chunk_size: int = 4096, n_probe: int = 10, generator: torch.Generator,
                  shard: Shard = identity, reduce: Reduce = identity,
                  on_iteration: Callable[[LoopState], None] | None = None,
-                 start: LoopState | None = None) -> ClusterResult:
+                 start: LoopState | None = None,
+                 leave_one_out: bool = False, min_class_size: int = 0) -> ClusterResult:
     """Run the ACK-means loop from initial ``centers`` (K, *F) with size rule ``rule``.
 
+    ``leave_one_out``: compare each item with its own class's centre made without it
+    (:meth:`Dissimilarity.leave_one_out`) from iteration 1 on, unless the rule already accounts
+    for it (SPIDER's factor); False is the paper's plain distance.
+    ``min_class_size``: after each update, a class with fewer items is reseeded from a random
+    half of the largest class (:func:`_reseed_small`); 0 keeps every centre as updated (an empty
+    class keeps its previous centroid).
     ``batch_size``: items between size refreshes (1 = the paper's sequential order).
     ``chunk_size``: items per dissimilarity call (memory only; results do not depend on it).
     ``generator``: CPU generator for the d_c probes (paper step 5).
@@ -318,33 +377,44 @@ def fit_clusters(provider: Dissimilarity, centers: Tensor, *, rule: SizeRule,
         # iteration 0 is the paper's steps 2–3 (the rule's first pass: plain nearest centroid,
         # sizes play no part yet, for every per-item rule)
         active = rule.first_pass() if it == 0 else rule
+        # the centres were made from the previous pass's members, whose counts are its sizes
+        members = sizes if (leave_one_out and it > 0
+                            and not active.corrects_self_inclusion) else None
         d_c = zero if active.size_free else characteristic_dissimilarity(
             provider, centers, generator=generator, n_probe=n_probe)
         if active.global_assignment:
             new_labels, stats = _global_pass(provider, centers, labels, active,
-                                             chunk_size=chunk_size, shard=shard, reduce=reduce)
+                                             chunk_size=chunk_size, shard=shard, reduce=reduce,
+                                             members=members)
             sizes = stats["counts"]
         else:
             # Without a size term the batch size cannot change a label: use whole chunks.
             step = chunk_size if active.size_free else batch_size
             new_labels, sizes, stats = _pass(
                 provider, centers, labels, sizes, active, d_c=d_c, batch_size=step,
-                chunk_size=chunk_size, shard=shard, reduce=reduce)
+                chunk_size=chunk_size, shard=shard, reduce=reduce, members=members)
         size_term = active.value(sizes, d_c=d_c, n_items=n)
         lam = active.strength(d_c=d_c, n_items=n, n_classes=k)
         inertia = float(stats["d_sum"])
         sigma = float(stats["moves"]) / n
         labels = new_labels
-        centers = provider.update(stats, centers)
+        updated = provider.update(stats, centers)
+        reseeded = []
+        if min_class_size > 0:
+            updated, reseeded = _reseed_small(provider, centers, updated, labels, stats["counts"],
+                                              min_size=min_class_size, generator=generator,
+                                              shard=shard, reduce=reduce)
+        centers = updated
         history.append({"iteration": it, "J": inertia + float(size_term), "inertia": inertia,
                         "sigma": sigma, "lambda_": lam, "d_c": float(d_c),
-                        "sizes": sizes.tolist(), "n_empty": int((sizes == 0).sum())})
+                        "sizes": sizes.tolist(), "n_empty": int((sizes == 0).sum()),
+                        "reseeded": len(reseeded)})
         n_iter = it
         if on_iteration is not None:
             on_iteration(LoopState(iteration=it, labels=labels, centers=centers, sizes=sizes,
                                    history=list(history),
                                    generator_state=generator.get_state()))
-        if it > 0 and sigma <= sigma0:
+        if it > 0 and sigma <= sigma0 and not reseeded:  # a reseeded class needs another pass
             converged = True
             break
         if not math.isfinite(history[-1]["J"]):

@@ -40,7 +40,10 @@ class ClusterOptions:
     assignment; ``sigma0`` σ0 in [0, 1]: stop when the fraction of changed labels σ ≤ σ0;
     ``batch_size`` items between class-size refreshes (1 = the paper's sequential order);
     ``chunk_size`` items per dissimilarity call (memory only; results do not depend on it);
-    ``seed`` of the CPU generator that draws the initial centres and the d_c probes.
+    ``seed`` of the CPU generator that draws the initial centres and the d_c probes;
+    ``leave_one_out``: compare an item with its own class's centre made without it
+    (``Dissimilarity.leave_one_out``; False: the paper's plain distance); ``min_class_size``:
+    a class with fewer items after an update is reseeded from half of the largest class (0: never).
     """
 
     n_classes: int
@@ -50,6 +53,8 @@ class ClusterOptions:
     batch_size: int = 1
     chunk_size: int = 1024
     seed: int = 0
+    leave_one_out: bool = False
+    min_class_size: int = 0
 
     def __post_init__(self) -> None:
         check_int("n_classes", self.n_classes, 1)
@@ -58,6 +63,9 @@ class ClusterOptions:
         check_int("batch_size", self.batch_size, 1)
         check_int("chunk_size", self.chunk_size, 1)
         check_int("seed", self.seed, 0)
+        check_int("min_class_size", self.min_class_size, 0)
+        if not isinstance(self.leave_one_out, bool):
+            raise InputError(f"leave_one_out={self.leave_one_out!r} must be true or false")
         if isinstance(self.init, Tensor):
             if self.init.ndim < 2 or self.init.shape[0] != self.n_classes:
                 raise InputError(f"init has shape {tuple(self.init.shape)}; expected "
@@ -95,4 +103,6 @@ class ClusterOptions:
         return fit_clusters(provider, centers, rule=rule, max_iter=self.max_iter,
                             sigma0=self.sigma0, batch_size=self.batch_size,
                             chunk_size=self.chunk_size, generator=generator, shard=shard,
-                            reduce=reduce, on_iteration=on_iteration, start=start)
+                            reduce=reduce, on_iteration=on_iteration, start=start,
+                            leave_one_out=self.leave_one_out,
+                            min_class_size=self.min_class_size)

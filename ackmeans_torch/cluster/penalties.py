@@ -80,6 +80,9 @@ class SizeRule(nn.Module, ABC):
     global_assignment: bool = False
     #: the scores do not depend on the class sizes
     size_free: bool = False
+    #: the rule itself corrects an item's own-class distance for the item's part in the centre
+    #: (the engine's leave-one-out distance is then not applied on top)
+    corrects_self_inclusion: bool = False
 
     def first_pass(self) -> SizeRule:
         """The rule of the initial assignment (paper steps 2–3): plain nearest centroid."""
@@ -241,6 +244,7 @@ class SpiderFactor(SizePenalty):
     """
 
     label = "SPIDER size factor"
+    corrects_self_inclusion = True
 
     def scores(self, d: Tensor, sizes: Tensor, current: Tensor, *, d_c: float | Tensor,
                n_items: int) -> Tensor:

@@ -9,10 +9,14 @@ alone.
 * ``.mrc``/``.mrcs`` → the stack itself with a minimal table (``rlnImageName``, pixel size from
   the header, zero origins, one optics group).
 
-A :class:`StackSource` memory-maps each stack file (headers are checked when the source is built:
-every referenced stack exists and holds the referenced index) and reads only the requested images.
-At most ``max_open_stacks`` maps are held open at a time, so a data set split over thousands of
-per-micrograph stacks does not exhaust file handles.
+Relative stack paths in a STAR file are RELION's, relative to the project directory
+(``project_dir``, default: the current directory), else to the STAR file's folder
+(``io/star.py``). A :class:`StackSource` memory-maps each stack file (headers are checked when the
+source is built: every referenced stack exists and holds the referenced index; particles that name
+the same image are counted in one warning) and reads only the requested images. At most
+``max_open_stacks`` maps are held open at a time, so a data set split over thousands of
+per-micrograph stacks does not exhaust file handles. :meth:`StackSource.image_names` gives the
+names to write back: as the table gives them when they already hold from the project directory.
 """
 
 from __future__ import annotations
@@ -55,9 +59,14 @@ class StackSource(ImageSource):
         for code, stack_path in enumerate(unique):
             if not Path(stack_path).is_file():
                 row = int(np.flatnonzero(self._stack_of == code)[0])
+                name = str(table.particles["rlnImageName"].iloc[row]).partition("@")[2]
+                roots = [str(r) for r in table.image_roots()]
+                places = (f"not in {roots[0]}" if len(roots) == 1
+                          else f"in neither {' nor '.join(roots)}")
+                where = stack_path if os.path.isabs(name) else f"{name} ({places})"
                 raise InputError(
-                    f"{table.source}: particle {row} refers to missing stack {stack_path}; "
-                    "check the path (or pass stack_root)"
+                    f"{table.source}: particle {row} refers to missing stack {where}; run from "
+                    "the RELION project directory, or pass project_dir or stack_root"
                 )
             stack = open_stack(stack_path)
             stack.close()  # keep only the header facts until images are read
@@ -68,6 +77,7 @@ class StackSource(ImageSource):
                     f"{stack_path}, which holds {len(stack)} images"
                 )
             self._stacks.append(stack)
+        _warn_duplicates(table, self._stack_of, self._index)
         sizes = {s.box_size for s in self._stacks}
         if len(sizes) > 1:
             raise InputError(f"{table.source}: stacks have different box sizes {sorted(sizes)}")
@@ -128,9 +138,19 @@ class StackSource(ImageSource):
         return torch.from_numpy(out)
 
     def image_names(self, relative_to: str | os.PathLike) -> list[str]:
-        """``index@stack`` names of every image with the stack path relative to ``relative_to``."""
+        """``rlnImageName`` of every image valid from the folder ``relative_to`` (the project
+        directory RELION runs from): the table's own name where it already names the same stack
+        from there, else ``index@stack`` with the stack path relative to ``relative_to``."""
         paths, index = self.table.image_locations()
-        return [f"{i + 1:06d}@{os.path.relpath(p, relative_to)}" for p, i in zip(paths, index)]
+        given = self.table.particles["rlnImageName"].astype(str)
+        parts = given.str.partition("@")
+        stack_names = parts[2].where(parts[1] == "@", parts[0]).to_numpy(dtype=str)
+        root = os.path.abspath(relative_to)
+        pairs = pd.DataFrame({"name": stack_names, "path": paths.astype(str)}).drop_duplicates()
+        keep = {(name, path): os.path.normpath(os.path.join(root, name)) == path
+                for name, path in pairs.itertuples(index=False)}
+        return [g if keep[s, p] else f"{i + 1:06d}@{os.path.relpath(p, root)}"
+                for g, s, p, i in zip(given, stack_names, paths, index)]
 
     def close(self) -> None:
         """Release every open memory map."""
@@ -139,18 +159,32 @@ class StackSource(ImageSource):
         self._open.clear()
 
 
+def _warn_duplicates(table: ParticleTable, stack_of: np.ndarray, index: np.ndarray) -> None:
+    """Warn once, with the count, when particles name an image another particle already names
+    (a STAR file joined with itself, or picks extracted twice): each copy is classified."""
+    keys = stack_of.astype(np.int64) * (int(index.max()) + 1) + index
+    unique, first, counts = np.unique(keys, return_index=True, return_counts=True)
+    extra = int(len(keys) - len(unique))
+    if extra:
+        example = table.particles["rlnImageName"].iloc[int(first[np.argmax(counts)])]
+        warnings.warn(f"{table.source}: {extra} particle(s) repeat an image another particle "
+                      f"names (e.g. {example}, {counts.max()} times); each copy is used",
+                      stacklevel=3)
+
+
 def open_source(
     path: str | os.PathLike, *, stack_root: str | os.PathLike | None = None,
-    pixel_size: float | None = None,
+    pixel_size: float | None = None, project_dir: str | os.PathLike | None = None,
 ) -> StackSource:
     """Open particle images by extension: ``.star`` (RELION), ``.cs`` (cryoSPARC), ``.mrc`` or
-    ``.mrcs`` (a bare stack). ``stack_root`` relocates the stacks a ``.star``/``.cs`` names;
-    ``pixel_size`` (Å) is for a bare stack, whose header may have none (the metadata files
-    carry their own)."""
+    ``.mrcs`` (a bare stack). A ``.star``'s relative image paths are looked up in ``project_dir``
+    (default: the current directory, where RELION runs), then in the STAR file's folder;
+    ``stack_root`` relocates the stacks a ``.star``/``.cs`` names; ``pixel_size`` (Å) is for a
+    bare stack, whose header may have none (the metadata files carry their own)."""
     path = Path(path)
     suffix = path.suffix.lower()
     if suffix == ".star":
-        return StackSource(read_particles(path, stack_root=stack_root))
+        return StackSource(read_particles(path, stack_root=stack_root, project_dir=project_dir))
     if suffix == ".cs":
         return StackSource(read_cs(path, stack_root=stack_root))
     if suffix in (".mrc", ".mrcs"):

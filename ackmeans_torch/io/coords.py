@@ -1,4 +1,5 @@
-"""Particle-picker coordinate files: EMAN BOX, crYOLO CBOX, Topaz TSV, RELION coordinate STAR, CSV.
+"""Particle-picker coordinate files: EMAN BOX, crYOLO CBOX, Topaz TSV, RELION coordinate STAR, CSV,
+and RELION's autopick layout (per-micrograph ``*_autopick.star`` beside an ``autopick.star`` index).
 
 Every reader returns a :class:`PickSet`: box **centres** in pixels ``(n, 2)`` float64 (x, y) in the
 file's own frame, a per-box square size ``(n,)`` in pixels and a per-box score ``(n,)``. Corner
@@ -17,6 +18,8 @@ from __future__ import annotations
 import csv
 import math
 import os
+import posixpath
+import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -132,12 +135,16 @@ def _pickset(rows: list[tuple[float, float, float]], scores: Sequence[float] | N
                    has_scores=scores is not None)
 
 
-def _read_star_table(path: Path) -> pd.DataFrame:
+def _read_star_tables(path: Path) -> list[pd.DataFrame]:
     try:
         data = starfile.read(path, always_dict=True)
     except Exception as exc:  # starfile raises assorted parser errors; report them as bad input
         raise InputError(f"{path}: cannot be read as STAR ({type(exc).__name__}: {exc})".splitlines()[0]) from None
-    tables = [t for t in data.values() if isinstance(t, pd.DataFrame)]
+    return [t for t in data.values() if isinstance(t, pd.DataFrame)]
+
+
+def _read_star_table(path: Path) -> pd.DataFrame:
+    tables = _read_star_tables(path)
     return tables[-1] if tables else pd.DataFrame()
 
 
@@ -355,3 +362,99 @@ def write_csv(path: str | os.PathLike, picks: PickSet) -> None:
                        "score": picks.scores})
     with atomic_output(path) as tmp:
         df.to_csv(tmp, index=False, float_format="%.10g")
+
+
+#: micrograph image suffixes looked for when ``relion_micrograph_names`` is given a folder.
+MICROGRAPH_SUFFIXES = (".mrc", ".mrcs", ".tif", ".tiff")
+#: RELION's pipeline job folder: ``decomposePipelineFileName`` cuts a name after its first ``/jobNNN/``.
+_PIPELINE_JOB = re.compile(r"/job\d{3}/")
+
+
+def relion_coordinate_path(micrograph_name: str, suffix: str = "_autopick.star") -> str:
+    """The path below ``--coord_dir`` where RELION 3.1's ``relion_preprocess --extract`` looks for
+    the coordinates of ``micrograph_name``: the name after its pipeline job folder
+    (``MotionCorr/job002/Movies/x.mrc`` -> ``Movies/x``; a name without one is kept whole), without
+    its extension, plus ``suffix``. relion_autopick writes its own files at the same place below
+    its job folder."""
+    _check_star_token(micrograph_name, "micrograph name")
+    job = _PIPELINE_JOB.search(micrograph_name)
+    rest = micrograph_name[job.end():] if job else micrograph_name
+    if ".." in rest.split("/"):
+        raise InputError(f"micrograph name {micrograph_name!r} climbs out of its folder with '..'; RELION would look "
+                         "for its coordinates outside --coord_dir. Name micrographs from the RELION project directory")
+    # RELION joins --coord_dir and the name as strings, so an absolute name lands below the folder too.
+    return posixpath.splitext(rest.lstrip("/"))[0] + suffix
+
+
+def _check_star_token(value: str, what: str) -> None:
+    if not value or any(c.isspace() for c in value):
+        raise InputError(f"{what} {value!r} is empty or holds white space, which a RELION STAR value cannot")
+
+
+def is_star_path(path: str | os.PathLike) -> bool:
+    """Whether ``path`` names a STAR file (by its suffix), as opposed to a folder."""
+    return os.fspath(path).lower().endswith(".star")
+
+
+def relion_micrograph_names(source: str | os.PathLike, stems: Sequence[str]) -> dict[str, str]:
+    """Micrograph stem -> micrograph name as RELION spells it, for the stems of ``stems`` it knows.
+
+    ``source`` is a micrographs STAR file (``*.star``: its ``rlnMicrographName`` column, RELION 3.0
+    to 5, e.g. ``CtfFind/job003/micrographs_ctf.star``) or a folder named from the RELION project
+    directory (``Micrographs``): ``<folder>/<stem><suffix>`` with the first suffix of
+    :data:`MICROGRAPH_SUFFIXES` that names an existing file there, else ``.mrc``. A STAR holding
+    two micrographs of one stem is an error, since pickers' files are paired by stem.
+    """
+    text = os.fspath(source)
+    if is_star_path(text):
+        path = Path(text)
+        if not path.is_file():
+            raise InputError(f"relion_micrographs: micrographs STAR {path} does not exist")
+        table = next((t for t in _read_star_tables(path) if "rlnMicrographName" in t), None)
+        if table is None:
+            raise InputError(f"{path}: no table with a _rlnMicrographName column; give RELION's micrographs STAR")
+        known: dict[str, str] = {}
+        for name in table["rlnMicrographName"].astype(str):
+            stem = posixpath.splitext(posixpath.basename(name))[0]
+            if stem in known and known[stem] != name:
+                raise InputError(f"{path}: micrographs {known[stem]} and {name} share the stem {stem!r}; "
+                                 "picks are paired by stem, so keep one")
+            known[stem] = name
+        return {s: known[s] for s in stems if s in known}
+    folder = text.rstrip("/") or "/"
+    return {s: posixpath.join(folder, next((s + x for x in MICROGRAPH_SUFFIXES if Path(folder, s + x).is_file()),
+                                           s + ".mrc"))
+            for s in stems}
+
+
+def _star_loop(block: str, columns: Sequence[str], rows: list[str]) -> str:
+    """One STAR block in RELION's own spelling (version comment, ``loop_ ``, ``_rlnX #i ``)."""
+    head = "".join(f"_{c} #{i} \n" for i, c in enumerate(columns, 1))
+    return f"\n# version 30001\n\ndata_{block}\n\nloop_ \n{head}" + "".join(r + " \n" for r in rows) + " \n"
+
+
+def write_relion_autopick(path: str | os.PathLike, picks: PickSet) -> None:
+    """A coordinate file as relion_autopick writes it: block ``data_``, centres
+    ``_rlnCoordinateX/Y`` (px), ``_rlnAutopickFigureOfMerit``, ``_rlnClassNumber`` 0 and
+    ``_rlnAnglePsi`` 0 (what its reference-free picker writes: consensus boxes have neither a
+    template nor an angle), RELION's ``%12.6f`` numbers. No boxes writes the header alone, which
+    RELION extracts as a micrograph without particles."""
+    rows = [f"{x:12.6f} {y:12.6f} {s:12.6f} {0:12d} {0.0:12.6f}"
+            for (x, y), s in zip(picks.centres, picks.scores)]
+    with atomic_output(path) as tmp:
+        with open(tmp, "w") as f:
+            f.write(_star_loop("", ("rlnCoordinateX", "rlnCoordinateY", "rlnAutopickFigureOfMerit",
+                                    "rlnClassNumber", "rlnAnglePsi"), rows))
+
+
+def write_relion_coordinate_index(path: str | os.PathLike, pairs: Sequence[tuple[str, str]]) -> None:
+    """RELION 4's ``autopick.star``: block ``data_coordinate_files``, one row per micrograph,
+    ``_rlnMicrographName`` (as in the micrographs STAR) and ``_rlnMicrographCoordinates`` (its
+    coordinate file, a path from the RELION project directory)."""
+    for name, coords in pairs:
+        _check_star_token(name, "micrograph name")
+        _check_star_token(coords, "coordinate file")
+    with atomic_output(path) as tmp:
+        with open(tmp, "w") as f:
+            f.write(_star_loop("coordinate_files", ("rlnMicrographName", "rlnMicrographCoordinates"),
+                               [f"{name} {coords}" for name, coords in pairs]))

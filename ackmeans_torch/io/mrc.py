@@ -12,10 +12,13 @@ Conventions (this module owns them):
   an empty machine stamp) are opened in mrcfile's permissive mode, with one
   :class:`MrcHeaderWarning` naming the file. A file whose data cannot be mapped (truncated, corrupt
   dimensions) is an :class:`~ackmeans_torch.errors.InputError` naming the file.
+* Complex data (modes 3 and 4: Fourier transforms) is refused when opened: particle images and
+  maps are real-space pixels.
 * Pixels are checked for NaN/Inf on every read; a bad image is an ``InputError`` naming the file
   and the image's 0-based index in it.
 * Every write goes through :func:`~ackmeans_torch.io.atomic.atomic_output`: float32 (mode 2), the
   voxel size set in the header, and nothing under the final name unless the write completed.
+  The header label is fixed text (mrcfile's holds the time), so equal data give equal bytes.
 """
 
 from __future__ import annotations
@@ -32,6 +35,8 @@ from ackmeans_torch.errors import InputError
 from ackmeans_torch.io.atomic import atomic_output
 
 _HEADER_BYTES = 1024
+_COMPLEX_MODES = (3, 4)
+_LABEL = "ackmeans_torch"
 
 
 class MrcHeaderWarning(UserWarning):
@@ -58,6 +63,11 @@ def _open_mrc(path: Path, *, quiet: bool = False) -> mrcfile.mrcmemmap.MrcMemmap
                 mrc = mrcfile.mmap(path, mode="r", permissive=True)
             except (ValueError, OSError) as error:
                 raise InputError(f"{path}: not a readable MRC file ({error})") from error
+    mode = int(mrc.header.mode)
+    if mode in _COMPLEX_MODES:
+        mrc.close()
+        raise InputError(f"{path}: MRC mode {mode} holds complex (Fourier-space) values; give "
+                         "real-space images or maps (modes 0, 1, 2, 6 or 12)")
     if mrc.data is None or mrc.header.nx < 1 or mrc.header.ny < 1 or mrc.header.nz < 1:
         message = _describe_unreadable(path, mrc)
         mrc.close()
@@ -263,6 +273,8 @@ def _write(path: Path, data: np.ndarray, voxel_size: float, *, stack: bool) -> N
                 mrc.set_volume()
             mrc.voxel_size = voxel_size
             mrc.update_header_stats()
+            mrc.header.label[0] = _LABEL
+            mrc.header.nlabl = 1
 
 
 def write_volume(

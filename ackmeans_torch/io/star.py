@@ -12,14 +12,22 @@ Conventions (this module owns them):
   pixels; 0 when the file has no origins). :func:`origins_px` and :func:`with_origins_px` are the
   only px↔Å conversion of origins in the project; they keep RELION's sign (the sign relative to
   image content is owned by ``ops.projection.relion_origin_to_shift``).
-* ``NNNNNN@stack.mrcs`` names image ``NNNNNN`` (1-based) of ``stack.mrcs``; a relative stack path
-  is resolved against :attr:`ParticleTable.image_root` (the STAR file's folder unless a
-  ``stack_root`` is given). :meth:`ParticleTable.image_locations` gives absolute paths and 0-based
-  indices. Whether the stacks exist and hold those indices is checked when the images are opened
-  (:class:`~ackmeans_torch.data.stack.StackSource`, headers only), so metadata-only STAR files
-  (poses without images) can still be read.
+* ``NNNNNN@stack.mrcs`` names image ``NNNNNN`` (1-based) of ``stack.mrcs``. RELION writes stack
+  paths relative to its *project directory* (``000001@Extract/job005/Movies/x.mrcs``; every RELION
+  program runs from there), so a relative stack path is looked up first in the project directory
+  (``project_dir``, default: the current directory) and then in the STAR file's folder (files
+  written next to their stacks); a ``stack_root`` replaces both. :meth:`ParticleTable.image_locations`
+  gives absolute paths and 0-based indices. Whether the stacks exist and hold those indices is
+  checked when the images are opened (:class:`~ackmeans_torch.data.stack.StackSource`, headers
+  only), so metadata-only STAR files (poses without images) can still be read.
+* Reading refuses, in one line naming the file and the place: a directory, a byte that is not
+  UTF-8 (line number), and a value that is not a number in a numeric column (column, particle row
+  and line number). A column counts as numeric when RELION defines it so (the columns this
+  project uses) or when some of its values are numbers.
 * :func:`write_particles` writes RELION 4 (``data_optics`` + ``data_particles``, origins in Å),
-  atomically; columns whose name does not start with ``rln`` are not written.
+  atomically; columns whose name does not start with ``rln`` are not written. Image names are
+  written as they are in the table. :func:`write_star` is the one STAR writer: RELION's
+  ``# version 30001`` before each block and no time stamp, so the same table gives the same bytes.
 """
 
 from __future__ import annotations
@@ -32,6 +40,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import starfile
+from pandas.api.types import is_numeric_dtype
 
 from ackmeans_torch.errors import InputError
 from ackmeans_torch.io.atomic import atomic_output
@@ -64,6 +73,22 @@ OPTICS_COLUMNS = (
 # next to updated Å origins would contradict them.
 _LEGACY_COLUMNS = ("rlnOriginX", "rlnOriginY", "rlnMagnification", "rlnDetectorPixelSize")
 
+#: Columns RELION defines as numbers that this project reads: any other value in them is an error.
+NUMERIC_COLUMNS = frozenset((
+    "rlnOpticsGroup", "rlnClassNumber", "rlnGroupNumber", "rlnRandomSubset", "rlnImageSize",
+    "rlnImageDimensionality", "rlnImagePixelSize", "rlnMicrographPixelSize",
+    "rlnMicrographOriginalPixelSize", "rlnDetectorPixelSize", "rlnMagnification", "rlnVoltage",
+    "rlnSphericalAberration", "rlnAmplitudeContrast", "rlnDefocusU", "rlnDefocusV",
+    "rlnDefocusAngle", "rlnPhaseShift", "rlnCtfBfactor", "rlnCtfScalefactor",
+    "rlnCtfDataArePhaseFlipped", "rlnCtfDataAreCtfPremultiplied", "rlnAngleRot", "rlnAngleTilt",
+    "rlnAnglePsi", "rlnOriginX", "rlnOriginY", "rlnOriginXAngst", "rlnOriginYAngst",
+    "rlnCoordinateX", "rlnCoordinateY", "rlnNormCorrection", "rlnBeamTiltClass", "rlnIsFlip",
+))
+
+# RELION's text labels end like this (rlnImageName, rlnCtfImage, rlnMicrographDefectFile,
+# rlnOddZernike, rlnMicrographMetadata, ...): a number among them is a valid name.
+_TEXT_LABEL = re.compile(r"(Name|Image|File|Zernike|Metadata|SymmetryGroup|Comment|Spectrum)$")
+
 
 @dataclass
 class ParticleTable:
@@ -72,13 +97,16 @@ class ParticleTable:
     ``particles``: one row per image, RELION-4 column names without the underscore, units
     normalised (see module docstring). ``optics``: one row per optics group (``rlnOpticsGroup``
     plus the optics columns). ``source``: the file read. ``image_root``: the folder that relative
-    image paths in ``rlnImageName`` are resolved against.
+    image paths in ``rlnImageName`` are looked up in first (the project directory, or
+    ``stack_root``); ``fallback_root``: where they are looked up when absent there (the STAR file's
+    folder; None: nowhere else).
     """
 
     particles: pd.DataFrame
     optics: pd.DataFrame
     source: Path
     image_root: Path
+    fallback_root: Path | None = None
 
     def __len__(self) -> int:
         return len(self.particles)
@@ -98,6 +126,19 @@ class ParticleTable:
             rlnOpticsGroup=groups.to_numpy(), rlnOpticsGroupName=names.to_numpy()
         )
         return cls(particles, optics, source, Path(image_root))
+
+    def image_roots(self) -> list[Path]:
+        """The absolute folders a relative stack path is looked up in, in order."""
+        roots = [self.image_root, *([self.fallback_root] if self.fallback_root else [])]
+        return list(dict.fromkeys(Path(os.path.abspath(r)) for r in roots))
+
+    def resolve_stack(self, name: str) -> str:
+        """The absolute path of stack ``name``: the first of :meth:`image_roots` that holds it, or
+        the first one when none does (opening it then reports every place tried)."""
+        if os.path.isabs(name):
+            return os.path.normpath(name)
+        candidates = [os.path.normpath(os.path.join(root, name)) for root in self.image_roots()]
+        return next((c for c in candidates if os.path.isfile(c)), candidates[0])
 
     def image_locations(self) -> tuple[np.ndarray, np.ndarray]:
         """Absolute stack path (``(N,)`` array of str) and 0-based image index (``(N,)`` int64)
@@ -125,8 +166,7 @@ class ParticleTable:
                 "image numbers are 1-based"
             )
         unique, codes = np.unique(paths.to_numpy(dtype=str), return_inverse=True)
-        root = os.path.abspath(self.image_root)
-        resolved = np.array([os.path.normpath(os.path.join(root, p)) for p in unique], dtype=object)
+        resolved = np.array([self.resolve_stack(p) for p in unique], dtype=object)
         return resolved[codes], indices
 
 
@@ -210,28 +250,84 @@ def split_optics(
     return optics, particles.drop(columns=columns)
 
 
-def _read_blocks(path: Path) -> dict[str, pd.DataFrame]:
+def _data_line(path: Path, block: str, row: int) -> int | None:
+    """1-based line number in ``path`` of data row ``row`` (0-based) of loop block ``block``."""
+    lines = path.read_text(encoding="utf-8").splitlines()
+    try:
+        at = lines.index(f"data_{block}")
+    except ValueError:
+        return None
+    seen = -1
+    for number, line in enumerate(lines[at + 1:], start=at + 2):
+        text = line.strip()
+        if not text or text.startswith(("#", "_", "loop_")):
+            continue
+        if text.startswith("data_"):
+            return None
+        seen += 1
+        if seen == row:
+            return number
+    return None
+
+
+def _check_numbers(path: Path, name: str, block: pd.DataFrame) -> None:
+    """Refuse a value that is not a number in a numeric column of ``block`` (module docstring)."""
+    for column in block.columns:
+        values = block[column]
+        if is_numeric_dtype(values) or not str(column).startswith("rln"):
+            continue
+        numbers = pd.to_numeric(values, errors="coerce")
+        bad = numbers.isna() & values.notna()
+        numeric = column in NUMERIC_COLUMNS or (
+            not _TEXT_LABEL.search(str(column)) and not bad.all())
+        if numeric and bad.any():
+            row = int(np.flatnonzero(bad.to_numpy())[0])
+            line = _data_line(path, name, row)
+            where = f"row {row + 1} of data_{name}" + (f", line {line}" if line else "")
+            raise InputError(f"{path}: {column} holds {values.iloc[row]!r} at {where}; "
+                             "expected a number")
+
+
+def read_star(path: str | os.PathLike) -> dict[str, pd.DataFrame | dict]:
+    """Every block of a STAR file (a loop as a DataFrame, a key-value block as a dict), checked as
+    the module docstring says; for particle, model and selection files alike."""
+    path = Path(path)
+    if path.is_dir():
+        raise InputError(f"{path}: is a directory, not a STAR file; give the .star file in it")
     if not path.is_file():
         raise InputError(f"{path}: no such STAR file; check the path")
+    raw = path.read_bytes()
+    try:
+        raw.decode("utf-8")
+    except UnicodeDecodeError as error:
+        line = raw.count(b"\n", 0, error.start) + 1
+        raise InputError(f"{path}: line {line} holds the byte 0x{raw[error.start]:02x}, which is "
+                         "not UTF-8 text; re-save the file as plain text") from error
+    del raw
     try:
         blocks = starfile.read(path, always_dict=True)
     except Exception as error:  # starfile raises assorted parser errors on malformed text
         raise InputError(f"{path}: not a readable STAR file ({error})") from error
-    return {name: block for name, block in blocks.items() if isinstance(block, pd.DataFrame)}
+    for name, block in blocks.items():
+        if isinstance(block, pd.DataFrame):
+            _check_numbers(path, name, block)
+    return blocks
 
 
 def read_particles(
-    path: str | os.PathLike, *, stack_root: str | os.PathLike | None = None
+    path: str | os.PathLike, *, stack_root: str | os.PathLike | None = None,
+    project_dir: str | os.PathLike | None = None,
 ) -> ParticleTable:
     """Read a RELION 3.0, 3.1 or 4 particle STAR file into a :class:`ParticleTable`.
 
     The particles are the ``data_particles`` block, or (RELION 3.0, any block name) the block
     with ``rlnImageName``. ``data_optics``, when present, is merged per particle by
-    ``rlnOpticsGroup``. Relative image paths resolve against ``stack_root`` (default: the STAR
-    file's folder). Raises :class:`InputError` naming the file and the missing column.
+    ``rlnOpticsGroup``. Relative image paths are looked up in ``project_dir`` (default: the
+    current directory), then in the STAR file's folder; ``stack_root`` replaces both. Raises
+    :class:`InputError` naming the file and the missing column.
     """
     path = Path(path)
-    blocks = _read_blocks(path)
+    blocks = {k: v for k, v in read_star(path).items() if isinstance(v, pd.DataFrame)}
     if "particles" in blocks:
         particles = blocks["particles"]
     else:
@@ -241,10 +337,16 @@ def read_particles(
         particles = with_images[0]
     if "rlnImageName" not in particles:
         raise InputError(f"{path}: data_particles has no rlnImageName column")
-    image_root = Path(stack_root) if stack_root is not None else path.parent
+    if stack_root is not None:
+        image_root, fallback = Path(stack_root), None
+    else:
+        image_root = Path(project_dir) if project_dir is not None else Path.cwd()
+        fallback = path.parent
     optics = blocks.get("optics")
     if optics is None:
-        return ParticleTable.from_particles(particles, source=path, image_root=image_root)
+        table = ParticleTable.from_particles(particles, source=path, image_root=image_root)
+        table.fallback_root = fallback
+        return table
     for frame, block in ((particles, "data_particles"), (optics, "data_optics")):
         if "rlnOpticsGroup" not in frame:
             raise InputError(f"{path}: {block} has no rlnOpticsGroup column")
@@ -254,7 +356,7 @@ def read_particles(
     shared = [c for c in optics.columns if c in particles and c != "rlnOpticsGroup"]
     merged = particles.merge(optics.drop(columns=shared), on="rlnOpticsGroup", how="left")
     merged = _normalise_units(merged, path)
-    return ParticleTable(merged, optics.reset_index(drop=True), path, image_root)
+    return ParticleTable(merged, optics.reset_index(drop=True), path, image_root, fallback)
 
 
 def write_particles(
@@ -282,11 +384,16 @@ def write_particles(
         particles = particles.assign(rlnImageDimensionality=2)
     extra = [c for c in (optics.columns if optics is not None else []) if str(c).startswith("rln")]
     optics_block, particle_block = split_optics(particles, extra)
-    with atomic_output(path) as tmp:
-        starfile.write(
-            {"optics": optics_block, "particles": particle_block}, tmp, float_format="%.8g"
-        )
-        # RELION tells its 3.1+ format by this comment before each block.
+    write_star(path, {"optics": optics_block, "particles": particle_block})
+
+
+def write_star(path: str | os.PathLike, blocks: dict[str, pd.DataFrame | dict], *,
+               float_format: str = "%.8g") -> None:
+    """Write STAR ``blocks`` (name → loop DataFrame, or dict for a key-value block) atomically,
+    with RELION's ``# version 30001`` before each block (RELION tells its 3.1+ format by it) and
+    without starfile's time-stamped first line, so equal tables give equal bytes."""
+    with atomic_output(Path(path)) as tmp:
+        starfile.write(blocks, tmp, float_format=float_format)
         text = tmp.read_text()
-        version = r"# version 30001\n\n\1"
-        tmp.write_text(re.sub(r"^(data_(optics|particles))$", version, text, flags=re.M))
+        text = re.sub(r"\A# Created by the starfile Python package[^\n]*\n+", "", text)
+        tmp.write_text(re.sub(r"^(data_\S*)$", r"# version 30001\n\n\1", text, flags=re.M))
