@@ -9,11 +9,17 @@ The front door for classification, importable from the package itself::
                              out_dir="runs/a")
 
 Names are imported on first use (PEP 562), so ``import ackmeans_torch`` and the command line's
-``--help`` do not pay for torch and its companions.
+``--help`` do not pay for torch and its companions. Importing the package first also sets
+OpenMP's wait policy for shared machines (``runtime.py``).
 """
 
 from importlib import import_module
 from importlib.metadata import PackageNotFoundError, version
+
+from ackmeans_torch.runtime import default_wait_policy
+
+# before any submodule imports torch (and so starts OpenMP): see runtime.py
+default_wait_policy()
 
 try:
     __version__ = version("ackmeans_torch")

@@ -6,6 +6,8 @@ from pathlib import Path
 
 import pytest
 
+import ackmeans_torch  # noqa: F401  (first, so OpenMP starts with its wait policy: runtime.py)
+
 SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
 
 

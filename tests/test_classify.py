@@ -139,6 +139,66 @@ def test_outputs_are_relion_readable_and_keep_input_columns(tmp_path, views):
     assert not list(tmp_path.glob(".*tmp*"))
 
 
+@pytest.fixture(scope="module")
+def three_classes(views):
+    images, _, _ = views
+    return classify_tensor(MRA(), images, n_classes=3, rule=NoPenalty(), mask_radius=14,
+                           align=ALIGN, init="k-means++", max_iter=3, seed=0)
+
+
+def test_outputs_keep_the_input_rot_and_tilt_and_overwrite_psi_and_origins(tmp_path, views,
+                                                                          three_classes):
+    """As RELION 3.1.3's Class2D _data.star (measured): the input's rlnAngleRot/rlnAngleTilt stay
+    as they were, rlnAnglePsi and the origins are the 2D alignment's, the input's columns keep
+    their order with the new ones after them; no rot/tilt is made up when the input has none."""
+    _, _, euler = views
+    result = three_classes
+    n = len(euler)
+    particles = pd.DataFrame({
+        "rlnAngleRot": euler[:, 0].numpy() + 0.125, "rlnAngleTilt": euler[:, 1].numpy() + 0.25,
+        "rlnAnglePsi": np.full(n, 33.0), "rlnOriginXAngst": np.full(n, 7.5),
+        "rlnOriginYAngst": np.full(n, -4.5),
+        "rlnImageName": [f"{i + 1:06d}@x.mrcs" for i in range(n)], "rlnImagePixelSize": 3.0})
+    paths = write_outputs(tmp_path, result, particles, pixel_size=3.0)
+    pose = pose_to_relion(result.poses.angle, result.poses.shift, 3.0)
+    for name in ("particles.star", "run_data.star"):
+        parts = starfile.read(paths[name])["particles"]
+        np.testing.assert_allclose(parts["rlnAngleRot"], particles["rlnAngleRot"], atol=1e-5)
+        np.testing.assert_allclose(parts["rlnAngleTilt"], particles["rlnAngleTilt"], atol=1e-5)
+        for column, values in pose.items():
+            np.testing.assert_allclose(parts[column], values, atol=1e-4)
+        columns = list(parts.columns)
+        assert columns[:5] == list(particles.columns[:5])
+        assert columns.index("rlnClassNumber") > columns.index("rlnImageName")
+    bare = particles.drop(columns=["rlnAngleRot", "rlnAngleTilt"])
+    paths = write_outputs(tmp_path / "bare", result, bare, pixel_size=3.0)
+    for name in ("particles.star", "run_data.star"):
+        parts = starfile.read(paths[name])["particles"]
+        assert not {"rlnAngleRot", "rlnAngleTilt"} & set(parts.columns)
+
+
+def test_outputs_keep_labels_relion_does_not_know(tmp_path, three_classes):
+    """A label of another package in the input STAR (read through io/star.py) reaches
+    particles.star and run_data.star with its values, as RELION's own programs keep it."""
+    from ackmeans_torch.io.star import read_particles
+
+    n = len(three_classes.labels)
+    rows = "\n".join(f"{i + 1:06d}@x.mrcs 1 {1.5 + i / 8:.3f} tag{i % 2}" for i in range(n))
+    (tmp_path / "in.star").write_text(
+        "data_optics\n\nloop_\n_rlnOpticsGroup\n_rlnOpticsGroupName\n_rlnImagePixelSize\n"
+        "_rlnImageSize\n_rlnImageDimensionality\n1 opticsGroup1 3.0 32 2\n\n"
+        "data_particles\n\nloop_\n_rlnImageName\n_rlnOpticsGroup\n_aspireAmplitude\n"
+        f"_aspireTag\n{rows}\n")
+    particles = read_particles(tmp_path / "in.star").particles
+    paths = write_outputs(tmp_path / "run", three_classes, particles, pixel_size=3.0)
+    for name in ("particles.star", "run_data.star"):
+        text = paths[name].read_text()
+        assert "_aspireAmplitude" in text and "_aspireTag" in text
+        parts = starfile.read(paths[name])["particles"]
+        np.testing.assert_allclose(parts["aspireAmplitude"], 1.5 + np.arange(n) / 8)
+        assert parts["aspireTag"].tolist() == [f"tag{i % 2}" for i in range(n)]
+
+
 def _stack_source(tmp_path, images):
     from ackmeans_torch.data.stack import StackSource
     from ackmeans_torch.io.mrc import write_stack

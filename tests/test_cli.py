@@ -179,7 +179,7 @@ def test_convergence_warning_is_one_line_on_the_terminal_and_in_app_log(capsys, 
                              "align.max_shift=1", f"out_dir={run}")
     assert code == 0, err
     for text in (out + err, (run / "app.log").read_text()):
-        hits = [ln for ln in text.splitlines() if "ConvergenceWarning" in ln]
+        hits = [ln for ln in text.splitlines() if "ConvergenceWarning: stopped" in ln]
         assert len(hits) == 1 and "stopped after max_iter=1" in hits[0], text
         assert "warnings.warn" not in text and "engine.py" not in text
     table = out.split("summary\n", 1)[1]

@@ -40,7 +40,7 @@ def test_classify_help_lists_keys_defaults_comments_groups_and_examples(capsys):
     out = help_page(capsys, "classify", "--help")
     assert out.startswith(f"ackmeans-torch classify: {COMMANDS['classify'][1]}")
     assert "usage: ackmeans-torch classify" in out
-    line = next(ln for ln in out.splitlines() if ln.strip().startswith("sigma0=0.01"))
+    line = next(ln for ln in out.splitlines() if ln.strip().startswith("sigma0=0.05"))
     assert "stop when the fraction of changed memberships" in line
     assert "preprocess.box_size=null" in out and "align.n_angles=128" in out
     assert "objective=" in out and "Plain K-means: no size term" in out  # an option's header

@@ -123,7 +123,8 @@ def test_write_read_round_trip_real_files(particles_dir, tmp_path, name):
 
 def test_write_derives_optics_groups_from_particle_values(tmp_path):
     """Round trip of a plain DataFrame (as the simulator writes): optics groups are the distinct
-    optics values, non-rln columns are not written, origins given in px are stored in Å."""
+    optics values, a label RELION does not know is kept (as RELION keeps it), origins given in px
+    are stored in Å."""
     particles = pd.DataFrame(
         {
             "rlnImageName": [f"{i:06d}@s.mrcs" for i in range(1, 5)],
@@ -138,9 +139,12 @@ def test_write_derives_optics_groups_from_particle_values(tmp_path):
     back = read_particles(tmp_path / "p.star")
     assert back.optics["rlnImagePixelSize"].tolist() == [1.5, 2.0]
     assert back.particles["rlnOpticsGroup"].tolist() == [1, 1, 2, 1]
-    assert "centre_label" not in back.particles
+    assert back.particles["centre_label"].tolist() == [0, 1, 2, 3]
     np.testing.assert_allclose(origins_px(back.particles), [[1, -2], [0, 0], [0.5, 0.25], [0, 3]])
     np.testing.assert_allclose(back.particles["rlnOriginXAngst"], [1.5, 0, 1.0, 0])
+    with pytest.raises(InputError, match="'centre label' is not a STAR label"):
+        write_particles(tmp_path / "q.star", particles.rename(columns={"centre_label":
+                                                                        "centre label"}))
 
 
 def test_origin_conversion_inverse():

@@ -2,11 +2,18 @@
 
 Files (all written atomically into the run directory):
 
-* ``particles.star`` — RELION 4 (optics + particles), every input column kept, plus
-  ``rlnClassNumber`` (1-based), ``rlnAnglePsi``, ``rlnOriginXAngst/YAngst`` (the in-plane pose of
-  the image in its class, RELION convention, see :func:`pose_to_relion`), ``rlnIsFlip`` (mirror)
-  and ``rlnAckMeansDistance`` (the aligned distance to the class average; RELION keeps unknown
-  labels with a warning);
+* ``particles.star`` — RELION 4 (optics + particles), every input column kept in its place,
+  labels RELION does not know included, plus ``rlnClassNumber`` (1-based), ``rlnAnglePsi``,
+  ``rlnOriginXAngst/YAngst`` (the in-plane pose of the image in its class, RELION convention, see
+  :func:`pose_to_relion`; they replace the input's values), ``rlnIsFlip`` (mirror) and
+  ``rlnAckMeansDistance`` (the aligned distance to the class average; RELION keeps unknown
+  labels with a warning). The pose columns are those of RELION 3.1.3's own Class2D
+  ``_data.star`` (run on a simulated set): it keeps the input's ``rlnAngleRot``/``rlnAngleTilt``
+  as they were and overwrites ``rlnAnglePsi`` and the origins with its 2D alignment, so a row's
+  angles are not one 3D pose, in RELION's file or in ours; the input's rot and tilt are kept
+  under their names because RELION keeps them there and tools that follow Class2D expect them.
+  RELION adds ``rlnAngleRot = rlnAngleTilt = 0`` when the input has none; we add nothing, as a
+  zero is no measured angle and no 2D tool reads them;
 * ``class_averages.mrcs`` — K averages, pixel size set; ``classes.star`` — per class its
   number, size, fraction (``rlnClassDistribution``) and the image in the stack;
 * ``history.csv`` — per iteration J, σ, λ, d_c, empty classes, sizes;
@@ -14,8 +21,9 @@ Files (all written atomically into the run directory):
   is known, written by the caller with ``eval/``);
 * beside them, a RELION Class2D job's files, so RELION's Subset selection (which in 3.1 takes a
   ``_model.star`` and reads the ``_data.star`` of the same root) and MlModel::read take the run:
-  ``run_data.star`` (``particles.star`` with RELION labels only), ``run_classes.mrcs`` (the
-  averages) and ``run_model.star`` (see :func:`model_blocks`). Image names in them hold from the
+  ``run_data.star`` (``particles.star`` without the labels this module adds that RELION does
+  not know; the input's columns all kept, unknown ones too, as in RELION's),
+  ``run_classes.mrcs`` (the averages) and ``run_model.star`` (see :func:`model_blocks`). Image names in them hold from the
   project directory RELION runs from, as in ``particles.star``.
 
 The per-class resolution is a half-set FRC: each class's members are split into two random halves

@@ -56,6 +56,7 @@ from ackmeans_torch import __version__
 from ackmeans_torch.cli import help as help_page
 from ackmeans_torch.errors import InputError
 from ackmeans_torch.io.atomic import atomic_output
+from ackmeans_torch.runtime import set_threads
 
 CONFIG_DIR = str(help_page.CONFIG_DIR)
 LOCK_NAME = ".lock"
@@ -268,6 +269,11 @@ def hydra_command(config_name: str) -> Callable[[Command], Callable[[], None]]:
                                         overwrite=bool(cfg.get("overwrite", False)))
                     _write_run_record(cfg, run_dir)
                 handlers = _start_logging(run_dir if _rank_zero() else None)
+                logging.getLogger(__name__).info(
+                    "torch threads: %d (threads=%s), OMP_WAIT_POLICY=%s, load average %s",
+                    set_threads(cfg.get("threads", "auto")), cfg.get("threads", "auto"),
+                    os.environ.get("OMP_WAIT_POLICY", "(OpenMP default)"),
+                    " / ".join(f"{v:.2f}" for v in os.getloadavg()))
                 command(cfg, run_dir)
             except KeyboardInterrupt:
                 fail("interrupted; resume with resume=true", EXIT_INTERRUPTED)

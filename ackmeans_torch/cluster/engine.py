@@ -425,8 +425,9 @@ def fit_clusters(provider: Dissimilarity, centers: Tensor, *, rule: SizeRule,
                       f"{history[-1]['sigma']:.4g} > sigma0={sigma0}; raise max_iter or sigma0",
                       ConvergenceWarning, stacklevel=3)  # caller of the no_grad wrapper
     if history[-1]["n_empty"]:
-        warnings.warn(f"{history[-1]['n_empty']} of {k} classes ended empty (they keep their "
-                      "previous centroid); lower n_classes or use a size penalty",
+        fate = ("were reseeded after the last pass; raise max_iter" if history[-1]["reseeded"]
+                else "they keep their previous centroid; lower n_classes or use a size penalty")
+        warnings.warn(f"{history[-1]['n_empty']} of {k} classes ended empty ({fate})",
                       ConvergenceWarning, stacklevel=3)  # caller of the no_grad wrapper
     return ClusterResult(labels=labels, centers=centers, sizes=sizes, n_iter=n_iter,
                          converged=converged, inertia=history[-1]["inertia"],

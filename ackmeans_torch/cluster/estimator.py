@@ -53,7 +53,9 @@ class ACKMeans:
     ``cluster/penalties.py``; ``init`` "random" (k random items, paper), "k-means++" or a
     (K, *F) tensor; ``max_iter``; ``sigma0`` σ0 in [0, 1] (stop when the fraction of changed
     labels σ ≤ σ0); ``batch_size`` items between size refreshes (1 = paper's sequential order);
-    ``seed`` for the CPU generator (init and the d_c probes); ``device`` (None: the input's).
+    ``seed`` for the CPU generator (init and the d_c probes); ``leave_one_out`` and
+    ``min_class_size`` as in :class:`~ackmeans_torch.cluster.options.ClusterOptions` (here the
+    paper's loop by default: False and 0); ``device`` (None: the input's).
 
     Attributes after ``fit``: ``labels_`` (N,) int64, ``centers_`` (K, *F) (alias
     ``cluster_centers_``), ``sizes_`` (K,), ``n_iter_`` (while-loop iterations after the initial
@@ -65,6 +67,7 @@ class ACKMeans:
                  objective: str | SizeRule = "ack",
                  init: str | Tensor = "random", max_iter: int = 100, sigma0: float = 0.0,
                  batch_size: int = 1, chunk_size: int = 4096, seed: int = 0,
+                 leave_one_out: bool = False, min_class_size: int = 0,
                  device: str | torch.device | None = None) -> None:
         self.n_classes = n_classes
         self.beta = beta
@@ -75,13 +78,17 @@ class ACKMeans:
         self.batch_size = batch_size
         self.chunk_size = chunk_size
         self.seed = seed
+        self.leave_one_out = leave_one_out
+        self.min_class_size = min_class_size
         self.device = device
 
     def _options(self) -> ClusterOptions:
         """The shared, validated loop options (``cluster/options.py``)."""
         return ClusterOptions(n_classes=self.n_classes, init=self.init, max_iter=self.max_iter,
                               sigma0=self.sigma0, batch_size=self.batch_size,
-                              chunk_size=self.chunk_size, seed=self.seed)
+                              chunk_size=self.chunk_size, seed=self.seed,
+                              leave_one_out=self.leave_one_out,
+                              min_class_size=self.min_class_size)
 
     def fit(self, x: Tensor | np.ndarray) -> ACKMeans:
         """Cluster ``x`` (N, *F) float; returns self."""

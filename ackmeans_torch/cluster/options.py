@@ -44,17 +44,23 @@ class ClusterOptions:
     ``leave_one_out``: compare an item with its own class's centre made without it
     (``Dissimilarity.leave_one_out``; False: the paper's plain distance); ``min_class_size``:
     a class with fewer items after an update is reseeded from half of the largest class (0: never).
+
+    Defaults: leave-one-out distances and reseeding of empty classes (the paper-exact loop is
+    ``leave_one_out=False, min_class_size=0``): without them a one-image class, whose average
+    *is* its image, can never lose it, and runs at low SNR keep such stranded classes. σ0 = 0.05
+    because ACK-means with sequential size updates settles near σ ≈ 0.03 (items at near-ties
+    move back and forth between classes of equal cost), so σ0 = 0.01 is never reached.
     """
 
     n_classes: int
     init: str | Tensor = "random"
     max_iter: int = 20
-    sigma0: float = 0.01
+    sigma0: float = 0.05
     batch_size: int = 1
     chunk_size: int = 1024
     seed: int = 0
-    leave_one_out: bool = False
-    min_class_size: int = 0
+    leave_one_out: bool = True
+    min_class_size: int = 1
 
     def __post_init__(self) -> None:
         check_int("n_classes", self.n_classes, 1)

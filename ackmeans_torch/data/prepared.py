@@ -15,11 +15,12 @@ validated when made (before any image is read).
 
 from __future__ import annotations
 
+import logging
+from dataclasses import dataclass
+
 import numpy as np
 import pandas as pd
 import torch
-
-from dataclasses import dataclass
 
 from ackmeans_torch.data.source import ArraySource, ImageSource
 from ackmeans_torch.errors import InputError, check_int, check_number
@@ -27,16 +28,43 @@ from ackmeans_torch.ops.ctf import ctf, phase_flip
 from ackmeans_torch.ops.fourier import fft2c, fourier_crop, frequency_grid, ifft2c
 from ackmeans_torch.ops.polar import circular_mask
 
+log = logging.getLogger(__name__)
 _CTF_COLUMNS = ("rlnDefocusU", "rlnDefocusV", "rlnDefocusAngle", "rlnVoltage",
                 "rlnSphericalAberration", "rlnAmplitudeContrast")
 
 
 def needs_phase_flip(particles: pd.DataFrame) -> bool:
-    """True when every CTF column is present and the images are not phase-flipped yet."""
+    """True when every CTF column is present and the table says the images are not
+    phase-flipped yet (``rlnCtfDataArePhaseFlipped`` 0, or absent: RELION's reading)."""
     if not has_ctf(particles):
         return False
     flipped = particles.get("rlnCtfDataArePhaseFlipped", pd.Series(0, index=particles.index))
     return not bool((flipped.astype(int) == 1).all())
+
+
+def _decide_phase_flip(particles: pd.DataFrame, requested: bool | None) -> bool:
+    """Whether preprocessing flips the images, said in the log with its reason. With
+    ``requested=None`` the table decides, but only when it says so: a table with CTF columns and
+    no ``rlnCtfDataArePhaseFlipped`` (ASPIRE's, old RELION jobs') may hold flipped or unflipped
+    images, which the images themselves cannot tell reliably (a flipped and an unflipped image
+    have the same power spectrum), so the run refuses to guess rather than flip twice."""
+    if requested is not None:
+        if requested and not has_ctf(particles):
+            raise InputError(f"phase_flip=true but the particles lack CTF columns {_CTF_COLUMNS}")
+        log.info("phase flip: %s (preprocess.phase_flip=%s)", "yes" if requested else "no",
+                 str(requested).lower())
+        return requested
+    if not has_ctf(particles):
+        log.info("phase flip: no (the particle table has no CTF columns)")
+        return False
+    if "rlnCtfDataArePhaseFlipped" not in particles:
+        raise InputError("the particle table has CTF columns but no rlnCtfDataArePhaseFlipped, so "
+                         "whether the images are flipped already is unknown; say it: "
+                         "preprocess.phase_flip=true (flip them now) or false (leave them)")
+    flip = needs_phase_flip(particles)
+    log.info("phase flip: %s (rlnCtfDataArePhaseFlipped = %s)", "yes" if flip else "no",
+             "0" if flip else "1")
+    return flip
 
 
 def has_ctf(particles: pd.DataFrame) -> bool:
@@ -90,7 +118,8 @@ IN_MEMORY_BYTES = 2 * 2**30
 class PreprocessOptions:
     """``box_size``: output box L' (Fourier crop; None keeps it). ``mask_diameter``: particle
     mask in Å (None: 90% of the box). ``lowpass_resolution`` Å (None: no low-pass).
-    ``phase_flip``: None = flip when the table has a CTF and does not say the images are flipped.
+    ``phase_flip``: None = as the table's ``rlnCtfDataArePhaseFlipped`` says (refused when a table
+    with CTF columns lacks it).
     ``in_memory``: "auto" (in memory when the preprocessed stack is ≤ 2 GiB), True or False (read
     per chunk)."""
 
@@ -134,10 +163,7 @@ class PreparedSource(ImageSource):
         if not radius <= box / 2:
             raise InputError(f"preprocess.mask_diameter={diameter} Å must fit the "
                              f"{box * pixel_size:.1f} Å box")
-        flip = (needs_phase_flip(source.particles) if options.phase_flip is None
-                else options.phase_flip)
-        if flip and not has_ctf(source.particles):
-            raise InputError(f"phase_flip=true but the particles lack CTF columns {_CTF_COLUMNS}")
+        flip = _decide_phase_flip(source.particles, options.phase_flip)
         self.parent, self.particles = source, source.particles
         self.box_size, self.pixel_size, self.mask_radius = box, pixel_size, radius
         self._flip = flip

@@ -25,7 +25,10 @@ Conventions (this module owns them):
   and line number). A column counts as numeric when RELION defines it so (the columns this
   project uses) or when some of its values are numbers.
 * :func:`write_particles` writes RELION 4 (``data_optics`` + ``data_particles``, origins in Å),
-  atomically; columns whose name does not start with ``rln`` are not written. Image names are
+  atomically, every column under its own name: a label RELION does not know (``_aspireAmplitude``
+  from another package) is kept, as RELION 3.1's own programs keep it ("will ignore (but
+  maintain) values for the unknown label"), so a file passed through this project loses no
+  metadata (a name with a space, which no STAR label can hold, is refused). Image names are
   written as they are in the table. :func:`write_star` is the one STAR writer: RELION's
   ``# version 30001`` before each block and no time stamp, so the same table gives the same bytes.
 """
@@ -84,6 +87,10 @@ NUMERIC_COLUMNS = frozenset((
     "rlnAnglePsi", "rlnOriginX", "rlnOriginY", "rlnOriginXAngst", "rlnOriginYAngst",
     "rlnCoordinateX", "rlnCoordinateY", "rlnNormCorrection", "rlnBeamTiltClass", "rlnIsFlip",
 ))
+
+# A STAR label as written after its underscore: a run of non-space characters (a space would
+# split it into two labels on reading).
+_LABEL = re.compile(r"[^\s_]\S*")
 
 # RELION's text labels end like this (rlnImageName, rlnCtfImage, rlnMicrographDefectFile,
 # rlnOddZernike, rlnMicrographMetadata, ...): a number among them is a valid name.
@@ -377,12 +384,14 @@ def write_particles(
         optics = table_or_particles.optics if optics is None else optics
     else:
         particles = table_or_particles
-    particles = particles[[c for c in particles.columns if str(c).startswith("rln")]]
+    bad = [c for c in particles.columns if not isinstance(c, str) or not _LABEL.fullmatch(c)]
+    if bad:
+        raise InputError(f"{path}: column {bad[0]!r} is not a STAR label (a name without spaces)")
     particles = _normalise_units(particles.reset_index(drop=True), path)
     particles = particles.drop(columns=[c for c in _LEGACY_COLUMNS if c in particles])
     if "rlnImageDimensionality" not in particles:
         particles = particles.assign(rlnImageDimensionality=2)
-    extra = [c for c in (optics.columns if optics is not None else []) if str(c).startswith("rln")]
+    extra = [c for c in (optics.columns if optics is not None else []) if c != "rlnOpticsGroup"]
     optics_block, particle_block = split_optics(particles, extra)
     write_star(path, {"optics": optics_block, "particles": particle_block})
 
