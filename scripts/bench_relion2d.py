@@ -174,7 +174,7 @@ def fmt(row: dict, name: str) -> str:
     if name == "iterations" and "converged" in row:
         return f"{value}{' (converged)' if row['converged'] else ''}"
     if isinstance(value, float):
-        return f"{value:.3g}" if name in ("s/iter", "total s") else f"{value:.3f}"
+        return f"{value:.1f}" if name in ("s/iter", "total s") else f"{value:.3f}"
     return str(value)
 
 

@@ -243,3 +243,19 @@ def test_chunked_mra_on_cuda_equals_cpu(tmp_path, views):
     turn = torch.remainder(a.angle - b.angle + torch.pi, 2 * torch.pi) - torch.pi
     assert float(turn.abs().max()) < 1e-3
     torch.testing.assert_close(a.shift, b.shift, rtol=0, atol=1e-2)
+
+
+def test_rfa_features_made_per_chunk_equal_the_features_held_in_memory(views, monkeypatch):
+    """RFA over a budget too small to hold its features (each chunk's features made again on
+    every request) gives the labels, poses and distances of the run that keeps them."""
+    import ackmeans_torch.classify.rfa as rfa
+
+    options = dict(n_classes=3, rule=QuadraticPenalty(beta=0.5), mask_radius=14, align=ALIGN,
+                   init="k-means++", max_iter=5, sigma0=0.0, chunk_size=8, seed=0)
+    kept = classify_tensor(RFA(), views[0], **options)
+    monkeypatch.setattr(rfa, "IN_MEMORY_BYTES", 0)
+    made = classify_tensor(RFA(), views[0], **options)
+    assert torch.equal(kept.labels, made.labels)
+    for name in ("angle", "shift", "distance"):
+        torch.testing.assert_close(getattr(kept.poses, name), getattr(made.poses, name),
+                                   rtol=0, atol=0)

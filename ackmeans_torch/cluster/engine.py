@@ -153,20 +153,27 @@ class SquaredEuclidean(Dissimilarity):
             return self.x[first:first + len(index)]
         return self.x[index.to(self.x.device)]
 
+    def _norms(self, index: Tensor, rows: Tensor) -> Tensor:
+        """‖x‖² of the rows ``index`` (precomputed here; a subclass that computes its rows on
+        demand computes them from ``rows``)."""
+        return self._sq_norms[index.to(rows.device)]
+
     def dissimilarity(self, index: Tensor, centers: Tensor) -> Tensor:
-        d = torch.addmm((centers * centers).sum(1), self._rows(index), centers.T, alpha=-2.0)
-        d += self._sq_norms[index.to(self.x.device), None]
+        rows = self._rows(index)
+        d = torch.addmm((centers * centers).sum(1), rows, centers.T, alpha=-2.0)
+        d += self._norms(index, rows)[:, None]
         return d.clamp_min_(0.0)
 
     def statistics(self, index: Tensor, labels: Tensor, centers: Tensor) -> dict[str, Tensor]:
         # A sparse one-hot (K, B) product instead of index_add_: index_add_'s multi-threaded CPU
         # path was 5-1000x slower here (measured, 2-core machine), the sums are identical.
-        index, labels = index.to(self.x.device), labels.to(self.x.device)
+        rows = self._rows(index)
+        labels = labels.to(rows.device)
         one_hot = torch.sparse_coo_tensor(
-            torch.stack([labels, torch.arange(len(index), device=self.x.device)]),
-            torch.ones(len(index), dtype=self.x.dtype, device=self.x.device),
+            torch.stack([labels, torch.arange(len(index), device=rows.device)]),
+            torch.ones(len(index), dtype=rows.dtype, device=rows.device),
             (centers.shape[0], len(index)), check_invariants=False)
-        return {"sums": torch.sparse.mm(one_hot, self._rows(index))}
+        return {"sums": torch.sparse.mm(one_hot, rows)}
 
 
 def characteristic_dissimilarity(provider: Dissimilarity, centers: Tensor, *,

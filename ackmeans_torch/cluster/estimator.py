@@ -69,18 +69,10 @@ class ACKMeans:
                  batch_size: int = 1, chunk_size: int = 4096, seed: int = 0,
                  leave_one_out: bool = False, min_class_size: int = 0,
                  device: str | torch.device | None = None) -> None:
-        self.n_classes = n_classes
-        self.beta = beta
-        self.objective = objective
-        self.init = init
-        self.max_iter = max_iter
-        self.sigma0 = sigma0
-        self.batch_size = batch_size
-        self.chunk_size = chunk_size
-        self.seed = seed
-        self.leave_one_out = leave_one_out
-        self.min_class_size = min_class_size
-        self.device = device
+        # scikit-learn's habit: __init__ only stores its keywords; fit validates them
+        for name, value in locals().items():
+            if name != "self":
+                setattr(self, name, value)
 
     def _options(self) -> ClusterOptions:
         """The shared, validated loop options (``cluster/options.py``)."""

@@ -123,3 +123,29 @@ def _fourier_crop(x: torch.Tensor, size: int, ndim: int, name: str) -> torch.Ten
     lo = full // 2 - size // 2
     block = fftnc(x, ndim)[(..., *(slice(lo, lo + size),) * ndim)]
     return (ifftnc(block, ndim).real * size**ndim / full**ndim).to(x.dtype)
+
+
+def fsc(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """Fourier shell correlation ``(L // 2 + 1,)`` float64 of two ``(L, L, L)`` volumes: entry s
+    is Re Σ A·B̄ / √(Σ|A|² Σ|B|²) over the shell of frequencies whose radius, in 1/L units (index
+    steps on the centred grid), rounds to s; s = L // 2 is Nyquist. A shell where either volume
+    has no power gives 0."""
+    if a.shape != b.shape or a.ndim != 3 or len(set(a.shape)) != 1:
+        raise InputError(f"fsc needs two volumes of one shape (L, L, L), got {tuple(a.shape)} "
+                         f"and {tuple(b.shape)}")
+    size = a.shape[-1]
+    spec_a = fftnc(a.to(torch.float64), 3).flatten()
+    spec_b = fftnc(b.to(device=a.device, dtype=torch.float64), 3).flatten()
+    axis = torch.arange(size, device=a.device, dtype=torch.float64) - size // 2
+    radius = torch.sqrt(axis[:, None, None] ** 2 + axis[None, :, None] ** 2
+                        + axis[None, None, :] ** 2).round().long().flatten()
+    inside = radius <= size // 2
+    shell = radius[inside]
+
+    def shell_sum(values: torch.Tensor) -> torch.Tensor:
+        return torch.zeros(size // 2 + 1, dtype=torch.float64, device=a.device).index_add_(
+            0, shell, values[inside])
+
+    cross = shell_sum((spec_a * spec_b.conj()).real)
+    power = shell_sum(spec_a.abs() ** 2) * shell_sum(spec_b.abs() ** 2)
+    return torch.where(power > 0, cross / power.clamp_min(1e-300).sqrt(), torch.zeros_like(cross))

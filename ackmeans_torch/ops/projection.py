@@ -16,11 +16,14 @@ spectra/images ``(B, L, L)``. Everything runs on the volume's device, in float32
 
 from __future__ import annotations
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 
-from ackmeans_torch.errors import InputError
-from ackmeans_torch.ops.fourier import centred_frequencies, fftnc, ifft2c, phase_shift
+from ackmeans_torch.errors import InputError, check_int, check_number
+from ackmeans_torch.ops.fourier import (
+    centred_frequencies, fft2c, fftnc, ifft2c, ifftnc, phase_shift,
+)
 
 
 def relion_origin_to_shift(origin_px: torch.Tensor) -> torch.Tensor:
@@ -34,6 +37,16 @@ def relion_origin_to_shift(origin_px: torch.Tensor) -> torch.Tensor:
     (``rlnOriginXAngst``) after division by the pixel size. The one owner of this sign; being a
     negation it is its own inverse (content shift → origin is the same call)."""
     return -origin_px
+
+
+def trilinear_kernel_transform(size: int, padding: int, *, device=None) -> torch.Tensor:
+    """``(L, L, L)`` sinc²(r / (padding·L)), r the distance from voxel ``L // 2``: what trilinear
+    interpolation on the padded Fourier grid multiplies real space by. Dividing by it is RELION's
+    ``griddingCorrect``, before projection (:class:`FourierProjector`) and after reconstruction
+    (:class:`BackProjector`)."""
+    axis = torch.arange(size, device=device, dtype=torch.float32) - size // 2
+    r = torch.sqrt(axis[:, None, None] ** 2 + axis[None, :, None] ** 2 + axis[None, None, :] ** 2)
+    return torch.sinc(r / (padding * size)) ** 2
 
 
 class FourierProjector:
@@ -53,11 +66,7 @@ class FourierProjector:
         self.padding = padding
         padded_size = padding * size
         vol = volume.to(torch.float32)
-        # RELION's griddingCorrect: undo the sinc² that trilinear interpolation in Fourier space
-        # imposes on real space, with r the distance from the centre in units of the padded box.
-        axis = torch.arange(size, device=vol.device, dtype=torch.float32) - size // 2
-        r = torch.sqrt(axis[:, None, None] ** 2 + axis[None, :, None] ** 2 + axis[None, None, :] ** 2)
-        vol = vol / torch.sinc(r / padded_size) ** 2
+        vol = vol / trilinear_kernel_transform(size, padding, device=vol.device)
         padded = vol.new_zeros((padded_size,) * 3)
         lo = padded_size // 2 - size // 2
         padded[lo : lo + size, lo : lo + size, lo : lo + size] = vol
@@ -130,3 +139,200 @@ def project(
     ]
     return torch.cat(parts) if parts else volume.new_zeros((0, volume.shape[-1], volume.shape[-1]))
 
+
+
+class BackProjector:
+    """Direct Fourier inversion, RELION's ``BackProjector`` without its iterative gridding: the
+    adjoint of :class:`FourierProjector` on the same padded grid.
+
+    ``insert(images, rotations, shifts, ctf)`` adds each image's centred 2D spectrum X, multiplied
+    by its CTF c, into the padded 3D grid ``numerator`` at the central slice Aᵀ (kx, ky, 0) by
+    trilinear splatting (each sample spread over its 8 neighbours with the trilinear weights, the
+    transpose of the projector's interpolation), and c² into ``weight`` the same way.
+    ``reconstruct(regulariser)`` returns the inverse transform of Σ c·X / (Σ c² + regulariser),
+    cropped to ``(L, L, L)`` and divided by the trilinear kernel's sinc² (RELION's
+    ``griddingCorrect``). Only frequencies within radius ``L // 2`` (1/L units) are used, as in
+    the projector.
+
+    The regulariser is a constant 1/τ² in the units of Σ c² (no SSNR or FSC estimate of τ², which
+    RELION's Wiener filter with ``--fsc`` makes): 0 divides plainly (voxels with no weight stay 0,
+    right for noiseless data); with noise, a value of the order of the weight per voxel divided by
+    the expected SSNR damps the frequencies the data barely sample.
+
+    ``numerator`` (complex64) and ``weight`` (float32), both ``(P, P, P)`` with P = padding·L,
+    are plain tensors that only ever grow by addition, so per-class or per-process
+    back-projectors combine by adding them (``a.numerator += b.numerator``, or an all-reduce)
+    before one ``reconstruct``. Like the projector, an image contributes only its rows ky ≥ 0 (the
+    row ky = 0 at half weight); ``reconstruct`` completes the other half space by Hermitian
+    symmetry F(−k) = conj F(k), so inserting costs half.
+
+    Phase-flipped images: pass |CTF| as ``ctf`` (a flipped image is |CTF|·F). Images are moved to
+    the grids' ``device``; ``max_chunk_bytes`` bounds the temporary memory of one insertion step.
+    """
+
+    def __init__(self, box_size: int, *, padding: int = 2, device=None,
+                 max_chunk_bytes: int = 256 * 2**20) -> None:
+        check_int("box_size", box_size, 2)
+        check_int("padding", padding, 1)
+        check_int("max_chunk_bytes", max_chunk_bytes, 1)
+        self.box_size = size = box_size
+        self.padding = padding
+        self.padded_size = padded = padding * size
+        device = torch.device("cpu") if device is None else torch.device(device)
+        self.numerator = torch.zeros((padded,) * 3, dtype=torch.complex64, device=device)
+        self.weight = torch.zeros((padded,) * 3, dtype=torch.float32, device=device)
+        freqs = centred_frequencies(size, device=device) * size  # integer frequency indices
+        ky, kx = torch.meshgrid(freqs, freqs, indexing="ij")
+        used = ((kx**2 + ky**2) <= (size // 2) ** 2) & (ky >= 0)
+        self._pixels = used.flatten().nonzero()[:, 0]  # flat indices into an L × L spectrum
+        self._k2d = torch.stack([kx, ky], -1).reshape(-1, 2)[self._pixels]  # (n, 2)
+        # The row ky = 0 holds both k and −k; at half weight its symmetrised sum counts it once.
+        self._row_weight = torch.where(self._k2d[:, 1] == 0, 0.5, 1.0)
+        # Temporaries per used pixel of an image: its full spectrum share, value and weight, 3D
+        # coordinates, floors and fractions (≈ 80 B), and one corner's indices, validity and
+        # weighted values at a time (≈ 80 B).
+        self._chunk = max(1, max_chunk_bytes // (len(self._pixels) * 160))
+
+    @property
+    def device(self) -> torch.device:
+        return self.weight.device
+
+    def insert(self, images: torch.Tensor, rotations: torch.Tensor,
+               shifts: torch.Tensor | None = None, ctf: torch.Tensor | None = None) -> None:
+        """Add ``images (B, L, L)`` in poses ``rotations (B, 3, 3)`` whose content was moved by
+        ``shifts (B, 2)`` px (x, y; as in :meth:`FourierProjector.spectra`, so RELION origins go
+        through :func:`relion_origin_to_shift`), with CTF ``ctf (B, L, L)`` on the centred grid
+        (None: no CTF, c = 1)."""
+        size = self.box_size
+        if images.ndim != 3 or images.shape[-2:] != (size, size):
+            raise InputError(f"images must have shape (B, {size}, {size}), got {tuple(images.shape)}")
+        n = images.shape[0]
+        expected = {"rotations": (rotations, (n, 3, 3)), "shifts": (shifts, (n, 2)),
+                    "ctf": (ctf, (n, size, size))}
+        for name, (tensor, shape) in expected.items():
+            if tensor is not None and tuple(tensor.shape) != shape:
+                raise InputError(f"{name} must have shape {shape}, got {tuple(tensor.shape)}")
+        for start in range(0, n, self._chunk):
+            sl = slice(start, min(start + self._chunk, n))
+            self._insert_chunk(images[sl], rotations[sl], None if shifts is None else shifts[sl],
+                               None if ctf is None else ctf[sl])
+
+    def _insert_chunk(self, images, rotations, shifts, ctf) -> None:
+        device, padded = self.device, self.padded_size
+        spectra = fft2c(images.to(device=device, dtype=torch.float32))
+        if shifts is not None:
+            # the image is the projection moved by +shift; moving it back centres the slice
+            spectra = phase_shift(spectra, -shifts.to(device))
+        values = spectra.flatten(1)[:, self._pixels] * self._row_weight
+        weights = self._row_weight.expand_as(values)
+        if ctf is not None:
+            c = ctf.to(device=device, dtype=torch.float32).flatten(1)[:, self._pixels]
+            values, weights = values * c, weights * c**2
+        rot = rotations.to(device=device, dtype=torch.float32)
+        # the projector's slice Aᵀ (kx, ky, 0) in padded-grid units, as grid indices (x, y, z)
+        coords = torch.einsum("nc,bcd->bnd", self._k2d, rot[:, :2, :]) * self.padding + padded // 2
+        base = coords.floor()
+        frac = coords - base
+        base = base.long()
+        numerator = torch.view_as_real(self.numerator).view(-1, 2)
+        weight = self.weight.view(-1)
+        values = torch.view_as_real(values.reshape(-1).contiguous())
+        weights = weights.reshape(-1)
+        for corner in range(8):
+            offset = torch.tensor([(corner >> axis) & 1 for axis in range(3)], device=device)
+            index = base + offset
+            valid = ((index >= 0) & (index < padded)).all(-1).reshape(-1)
+            split = torch.where(offset.bool(), frac, 1 - frac).prod(-1).reshape(-1) * valid
+            index = index.clamp(0, padded - 1)
+            flat = ((index[..., 2] * padded + index[..., 1]) * padded + index[..., 0]).reshape(-1)
+            numerator.index_add_(0, flat, values * split[:, None])
+            weight.index_add_(0, flat, weights * split)
+
+    def reconstruct(self, regulariser: float = 0.0) -> torch.Tensor:
+        """The volume ``(L, L, L)`` float32 of Σ c·X / (Σ c² + ``regulariser``) (see the class
+        docstring for what the regulariser is); the grids are left as they are."""
+        check_number("regulariser", regulariser, 0.0)
+        numerator = self.numerator + _mirror(self.numerator).conj()
+        weight = self.weight + _mirror(self.weight)
+        denominator = weight + regulariser
+        spectrum = torch.where(denominator > 0, numerator / denominator.clamp_min(1e-30),
+                               torch.zeros_like(numerator))
+        size, padded = self.box_size, self.padded_size
+        axis = torch.arange(padded, device=self.device, dtype=torch.float32) - padded // 2
+        radius2 = axis[:, None, None] ** 2 + axis[None, :, None] ** 2 + axis[None, None, :] ** 2
+        spectrum = spectrum * (radius2 <= (self.padding * (size // 2)) ** 2)
+        lo = padded // 2 - size // 2
+        volume = ifftnc(spectrum, 3).real[lo : lo + size, lo : lo + size, lo : lo + size]
+        return volume / trilinear_kernel_transform(size, self.padding, device=self.device)
+
+
+def _mirror(grid: torch.Tensor) -> torch.Tensor:
+    """``grid`` at −k for every k of a centred (P, P, P) grid (k = 0 at index P // 2)."""
+    flipped = grid.flip(0, 1, 2)  # index i ↦ P − 1 − i: −k for odd P
+    if grid.shape[0] % 2:
+        return flipped
+    # even P: −k is at (P − i) mod P, one further; index 0 (k = −P/2, no partner) wraps onto itself
+    return torch.roll(flipped, shifts=(1, 1, 1), dims=(0, 1, 2))
+
+
+def reconstruct(
+    source_or_images,
+    *,
+    particles=None,
+    pixel_size: float | None = None,
+    use_ctf: bool = True,
+    regulariser: float = 0.0,
+    padding: int = 2,
+    chunk_size: int = 1024,
+    device=None,
+) -> torch.Tensor:
+    """Reconstruct ``(L, L, L)`` from particle images and the poses in their RELION particle
+    table: an ``ImageSource`` (its ``particles`` and ``pixel_size``; images read ``chunk_size``
+    at a time), or images ``(N, L, L)`` with ``particles`` (a DataFrame, RELION-4 column names
+    without underscore) and ``pixel_size`` Å.
+
+    Poses: ``rlnAngleRot/Tilt/Psi`` (RELION ZYZ, degrees), origins ``rlnOriginXAngst/YAngst`` ÷
+    ``rlnImagePixelSize`` (zero when absent). With ``use_ctf`` and every CTF column present the
+    CTF weights each image (``relion_reconstruct --ctf``), as |CTF| for images the table marks
+    ``rlnCtfDataArePhaseFlipped`` 1 (``--ctf_phase_flipped``); a missing flag counts as 0, as
+    RELION reads it. Runs on ``device`` (default: where the images are). ``regulariser`` and
+    ``padding``: :class:`BackProjector`."""
+    # data/ imports ops/, so reading a particle table's CTF is imported here, not at the top
+    from ackmeans_torch.data.prepared import ctf_of, has_ctf, needs_phase_flip
+    from ackmeans_torch.io.star import origins_px
+    from ackmeans_torch.ops.rotations import euler_to_matrix
+
+    if isinstance(source_or_images, torch.Tensor):
+        if particles is None or pixel_size is None:
+            raise InputError("reconstruct from an images tensor needs particles= and pixel_size=")
+        images = source_or_images
+        if images.ndim != 3 or len(particles) != images.shape[0]:
+            raise InputError(f"images {tuple(images.shape)} must be (N, L, L) with one particle "
+                             f"row each ({len(particles)} rows)")
+        chunks = ((np.arange(s, min(s + chunk_size, len(images))), images[s : s + chunk_size])
+                  for s in range(0, len(images), chunk_size))
+        device = images.device if device is None else device
+        size = images.shape[-1]
+    else:
+        particles, pixel_size = source_or_images.particles, source_or_images.pixel_size
+        chunks = source_or_images.chunks(chunk_size)
+        device = source_or_images.device if device is None else device
+        size = source_or_images.box_size
+    particles = particles.reset_index(drop=True)
+    angles = torch.from_numpy(
+        particles[["rlnAngleRot", "rlnAngleTilt", "rlnAnglePsi"]].to_numpy(np.float64, copy=True))
+    rotations = euler_to_matrix(angles).to(torch.float32)
+    if {"rlnOriginXAngst", "rlnOriginYAngst"} <= set(particles.columns):
+        shifts = relion_origin_to_shift(torch.from_numpy(origins_px(particles))).to(torch.float32)
+    else:
+        shifts = torch.zeros(len(particles), 2)
+    with_ctf = use_ctf and has_ctf(particles)
+    flipped = with_ctf and not needs_phase_flip(particles)
+    back = BackProjector(size, padding=padding, device=device)
+    for idx, images in chunks:
+        ctf = None
+        if with_ctf:
+            ctf = ctf_of(particles.iloc[idx], size=size, pixel_size=pixel_size, device=back.device)
+            ctf = ctf.abs() if flipped else ctf
+        back.insert(images, rotations[idx], shifts[idx], ctf)
+    return back.reconstruct(regulariser)
