@@ -57,7 +57,8 @@ def project(tmp_path_factory) -> Path:
              "--zero_mask", "--j", "1", "--random_seed", "1"],
             capture_output=True, text=True, timeout=300)
         assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
-        assert "maintain) values for the unknown label: aspireAmplitude" in done.stdout + done.stderr
+        said = done.stdout + done.stderr
+        assert "maintain) values for the unknown label: aspireAmplitude" in said
         main(["classify", "data=file", "data.path=in.star", "n_classes=3", "max_iter=2",
               "align.n_angles=36", "progress=false", "out_dir=runs/x"])
     finally:

@@ -23,8 +23,8 @@ Files (all written atomically into the run directory):
   ``_model.star`` and reads the ``_data.star`` of the same root) and MlModel::read take the run:
   ``run_data.star`` (``particles.star`` without the labels this module adds that RELION does
   not know; the input's columns all kept, unknown ones too, as in RELION's),
-  ``run_classes.mrcs`` (the averages) and ``run_model.star`` (see :func:`model_blocks`). Image names in them hold from the
-  project directory RELION runs from, as in ``particles.star``.
+  ``run_classes.mrcs`` (the averages) and ``run_model.star`` (see :func:`model_blocks`). Image
+  names in them hold from the project directory RELION runs from, as in ``particles.star``.
 
 The per-class resolution is a half-set FRC: each class's members are split into two random halves
 (seeded), each half averaged in the class frame, and the resolution is that of the last shell

@@ -10,6 +10,12 @@ voxel values along the ray, so the identity pose gives ``volume.sum(0)``), centr
 ``L // 2``. Agreement with relion_project: ≤ 0.6% relative error on the shared anchors
 (tests/test_ops_projection.py).
 
+Back-projection (:class:`BackProjector`, :func:`reconstruct`) is the adjoint on the same padded
+grid: direct Fourier inversion Σ CTF·X / (Σ CTF² + 1/τ²) by trilinear insertion of the central
+slices, then the same gridding correction. On noiseless projections of the 70S map it agrees
+with RELION's ``relion_reconstruct`` of the same STAR file (FSC ≥ 0.98 up to 0.8 × Nyquist) and
+with the map (≥ 0.99; tests/test_ops_backprojection.py).
+
 Shapes: volume ``(L, L, L)`` (z, y, x); rotations ``(B, 3, 3)``; shifts ``(B, 2)`` px (x, y);
 spectra/images ``(B, L, L)``. Everything runs on the volume's device, in float32/complex64.
 """
@@ -232,21 +238,26 @@ class BackProjector:
         # the projector's slice Aᵀ (kx, ky, 0) in padded-grid units, as grid indices (x, y, z)
         coords = torch.einsum("nc,bcd->bnd", self._k2d, rot[:, :2, :]) * self.padding + padded // 2
         base = coords.floor()
-        frac = coords - base
-        base = base.long()
+        frac = (coords - base).reshape(-1, 3)
+        base = base.long().reshape(-1, 3)
+        # A sample whose 2×2×2 cell leaves the grid has |k| ≥ L/2 − 1/padding along an axis
+        # (the outermost shell); it is dropped, so every corner below is a valid index.
+        inside = ((base >= 0) & (base < padded - 1)).all(-1)
+        base = base.clamp(0, padded - 2)
+        first = (base[:, 2] * padded + base[:, 1]) * padded + base[:, 0]
+        values = torch.view_as_real(values.reshape(-1) * inside)
+        weights = weights.reshape(-1) * inside
         numerator = torch.view_as_real(self.numerator).view(-1, 2)
         weight = self.weight.view(-1)
-        values = torch.view_as_real(values.reshape(-1).contiguous())
-        weights = weights.reshape(-1)
-        for corner in range(8):
-            offset = torch.tensor([(corner >> axis) & 1 for axis in range(3)], device=device)
-            index = base + offset
-            valid = ((index >= 0) & (index < padded)).all(-1).reshape(-1)
-            split = torch.where(offset.bool(), frac, 1 - frac).prod(-1).reshape(-1) * valid
-            index = index.clamp(0, padded - 1)
-            flat = ((index[..., 2] * padded + index[..., 1]) * padded + index[..., 0]).reshape(-1)
-            numerator.index_add_(0, flat, values * split[:, None])
-            weight.index_add_(0, flat, weights * split)
+        along = [(1 - frac[:, axis], frac[:, axis]) for axis in range(3)]  # (x, y, z) weights
+        for dz in (0, 1):
+            for dy in (0, 1):
+                zy = along[2][dz] * along[1][dy]
+                for dx in (0, 1):
+                    split = zy * along[0][dx]
+                    flat = first + ((dz * padded + dy) * padded + dx)
+                    numerator.index_add_(0, flat, values * split[:, None])
+                    weight.index_add_(0, flat, weights * split)
 
     def reconstruct(self, regulariser: float = 0.0) -> torch.Tensor:
         """The volume ``(L, L, L)`` float32 of Σ c·X / (Σ c² + ``regulariser``) (see the class

@@ -93,8 +93,8 @@ def simulate_dataset(
     Returns:
         ``images (N, L', L') float32`` on the CPU, N = n_centres × per_centre, and the particle
         table (one row per image, RELION-4 names without underscore): rlnAngleRot/Tilt/Psi (deg),
-        rlnOriginX/YAngst (Å, RELION sign), rlnDefocusU/V/Angle, rlnVoltage,
-        rlnSphericalAberration, rlnAmplitudeContrast, rlnPhaseShift, rlnCtfBfactor (when a CTF is
+        rlnOriginX/YAngst (Å, RELION sign), rlnVoltage, rlnSphericalAberration,
+        rlnAmplitudeContrast, rlnDefocusU/V/Angle, rlnPhaseShift, rlnCtfBfactor (when a CTF is
         applied), rlnCtfDataArePhaseFlipped, rlnImagePixelSize, rlnImageSize, rlnOpticsGroup and
         ``CENTRE_LABEL_COLUMN``.
     """
@@ -165,13 +165,15 @@ def simulate_dataset(
             "rlnDefocusU": defocus_u.numpy(),
             "rlnDefocusV": defocus_v.numpy(),
             "rlnDefocusAngle": defocus_angle.numpy(),
-            "rlnVoltage": np.full(n, float(voltage)),
-            "rlnSphericalAberration": np.full(n, float(spherical_aberration)),
-            "rlnAmplitudeContrast": np.full(n, float(amplitude_contrast)),
             "rlnPhaseShift": np.full(n, float(phase_shift)),
             "rlnCtfBfactor": np.full(n, float(b_factor)),
         }
     table |= {
+        # the microscope's optics, even without a CTF applied: RELION's readers require them
+        # in the optics table (relion_reconstruct stops on a table without them)
+        "rlnVoltage": np.full(n, float(voltage)),
+        "rlnSphericalAberration": np.full(n, float(spherical_aberration)),
+        "rlnAmplitudeContrast": np.full(n, float(amplitude_contrast)),
         "rlnCtfDataArePhaseFlipped": np.full(n, int(with_ctf and phase_flip)),
         "rlnImagePixelSize": np.full(n, pixel_size),
         "rlnImageSize": np.full(n, size),
