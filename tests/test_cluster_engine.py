@@ -266,3 +266,17 @@ def test_stranded_singleton_is_released_and_its_class_reseeded():
     assert min(fixed.sizes.tolist()) >= 181 / 4 / 4, fixed.sizes
     assert any(h["reseeded"] for h in fixed.history)
     assert torch.isfinite(fixed.centers).all()
+
+
+def test_plateau_stops_a_loop_whose_sigma_levels_off_and_says_so():
+    """A levelled-off σ (no 5 % gain over the window) ends the loop, recorded as "plateau" in the
+    history and the result, not as converged; σ that still falls does not trigger it."""
+    from ackmeans_torch.cluster.engine import _plateaued
+
+    flat = [{"sigma": s} for s in (1.0, 0.5, 0.2, 0.15, 0.145, 0.148, 0.146, 0.147, 0.149, 0.146)]
+    falling = [{"sigma": s} for s in (1.0, 0.5, 0.3, 0.2, 0.15, 0.1, 0.07, 0.05, 0.04)]
+    assert _plateaued(flat, 5) and not _plateaued(falling, 5) and not _plateaued(flat, 0)
+    x, _ = gaussian_mixture(9, [100, 100, 100], dim=5, sep=0.5, noise=3.0)
+    result = run(x, 6, QuadraticPenalty(beta=0.5), max_iter=60, sigma0=0.0, plateau=3)
+    assert result.stopped == "plateau" and not result.converged
+    assert result.history[-1]["stopped"] == "plateau" and result.n_iter < 60

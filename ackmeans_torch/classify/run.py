@@ -223,6 +223,8 @@ def run_classification(source: ImageSource, *, pipeline: Pipeline, rule: SizeRul
     title = f"{pipeline.label} / {rule.label}"
     summary = {"label": title, "n_images": len(source), "n_classes": options.n_classes,
                "iterations": len(result.history) - 1, "converged": result.converged,
+               "stopped": result.history[-1].get("stopped", "max_iter"),
+               "sigma": result.history[-1]["sigma"],
                "seconds": time.perf_counter() - start, "processes": fabric.world_size,
                "resumed_after": None if saved is None else saved.state.iteration}
     particles = source.particles

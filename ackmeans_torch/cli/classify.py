@@ -97,6 +97,8 @@ def summary_table(run) -> str:
         ("singletons / empty", f"{sizes.count(1)} / {sizes.count(0)} classes"),
         ("iterations", f"{summary['iterations']}, " + (
             "converged (sigma <= sigma0)" if summary["converged"]
+            else f"sigma levelled off at {summary['sigma']:.3f} (plateau: the images still "
+                 "moving sit at near-ties)" if summary.get("stopped") == "plateau"
             else "NOT converged: stopped at max_iter (raise max_iter or sigma0)")),
         ("time", f"{_duration(summary['seconds'])} on {summary['processes']} process"
                  + ("es" if summary["processes"] > 1 else "")),

@@ -201,10 +201,25 @@ class LoopState:
     generator_state: Tensor
 
 
+#: a plateau: the last ``plateau`` iterations' best σ is not this fraction below the best before
+PLATEAU_GAIN = 0.05
+
+
+def _plateaued(history: list[dict], window: int) -> bool:
+    """σ has stopped falling: over the last ``window`` iterations its lowest value is within
+    :data:`PLATEAU_GAIN` of the lowest before them (iteration 0, σ = 1, left out)."""
+    sigmas = [h["sigma"] for h in history[1:]]
+    if not window or len(sigmas) <= window:
+        return False
+    return min(sigmas[-window:]) > (1 - PLATEAU_GAIN) * min(sigmas[:-window])
+
+
 @dataclass
 class ClusterResult:
     """Outcome of :func:`fit_clusters`. ``history[t]`` holds, for iteration t (0 = paper steps
-    2–3): J (Σ d over the pass + R(s)), sigma, lambda_ (λ or None), d_c, sizes (list), n_empty."""
+    2–3): J (Σ d over the pass + R(s)), sigma, lambda_ (λ or None), d_c, sizes (list), n_empty,
+    reseeded; the last one also ``stopped``: why the loop ended ("sigma0", "plateau",
+    "max_iter"), as ``stopped`` here."""
 
     labels: Tensor
     centers: Tensor
@@ -214,6 +229,7 @@ class ClusterResult:
     inertia: float
     objective: float
     history: list[dict] = field(default_factory=list)
+    stopped: str = "max_iter"
 
 
 def _check_finite(d: Tensor, first: int) -> None:
@@ -342,7 +358,8 @@ def fit_clusters(provider: Dissimilarity, centers: Tensor, *, rule: SizeRule,
                  shard: Shard = identity, reduce: Reduce = identity,
                  on_iteration: Callable[[LoopState], None] | None = None,
                  start: LoopState | None = None,
-                 leave_one_out: bool = False, min_class_size: int = 0) -> ClusterResult:
+                 leave_one_out: bool = False, min_class_size: int = 0,
+                 plateau: int = 0) -> ClusterResult:
     """Run the ACK-means loop from initial ``centers`` (K, *F) with size rule ``rule``.
 
     ``leave_one_out``: compare each item with its own class's centre made without it
@@ -351,6 +368,8 @@ def fit_clusters(provider: Dissimilarity, centers: Tensor, *, rule: SizeRule,
     ``min_class_size``: after each update, a class with fewer items is reseeded from a random
     half of the largest class (:func:`_reseed_small`); 0 keeps every centre as updated (an empty
     class keeps its previous centroid).
+    ``plateau``: also stop when σ has not fallen by :data:`PLATEAU_GAIN` over this many
+    iterations (:func:`_plateaued`: the images still moving sit at near-ties; 0: never).
     ``batch_size``: items between size refreshes (1 = the paper's sequential order).
     ``chunk_size``: items per dissimilarity call (memory only; results do not depend on it).
     ``generator``: CPU generator for the d_c probes (paper step 5).
@@ -366,6 +385,7 @@ def fit_clusters(provider: Dissimilarity, centers: Tensor, *, rule: SizeRule,
     history: list[dict] = []
     zero = torch.zeros((), dtype=torch.float64, device=device)
     converged = False
+    stopped = "max_iter"
     n_iter = 0
     first = 0
     if start is not None:
@@ -377,8 +397,9 @@ def fit_clusters(provider: Dissimilarity, centers: Tensor, *, rule: SizeRule,
         sizes, history = start.sizes.to(device), list(start.history)
         generator.set_state(start.generator_state)
         n_iter, first = start.iteration, start.iteration + 1
-        converged = start.iteration > 0 and history[-1]["sigma"] <= sigma0
-        if converged:
+        stopped = history[-1].get("stopped", "max_iter")
+        converged = stopped == "sigma0"
+        if stopped in ("sigma0", "plateau"):
             first = max_iter + 1
     for it in range(first, max_iter + 1):
         # iteration 0 is the paper's steps 2–3 (the rule's first pass: plain nearest centroid,
@@ -417,17 +438,23 @@ def fit_clusters(provider: Dissimilarity, centers: Tensor, *, rule: SizeRule,
                         "sizes": sizes.tolist(), "n_empty": int((sizes == 0).sum()),
                         "reseeded": len(reseeded)})
         n_iter = it
+        if it > 0 and not reseeded:  # a reseeded class needs another pass
+            if sigma <= sigma0:
+                converged, stopped = True, "sigma0"
+            elif _plateaued(history, plateau):
+                stopped = "plateau"
+        if stopped != "max_iter" or it == max_iter:
+            history[-1]["stopped"] = stopped  # the saved history says why the loop ended
         if on_iteration is not None:
             on_iteration(LoopState(iteration=it, labels=labels, centers=centers, sizes=sizes,
                                    history=list(history),
                                    generator_state=generator.get_state()))
-        if it > 0 and sigma <= sigma0 and not reseeded:  # a reseeded class needs another pass
-            converged = True
+        if stopped != "max_iter":
             break
         if not math.isfinite(history[-1]["J"]):
             raise InputError(f"objective J became {history[-1]['J']} at iteration {it}; "
                              "check the input for NaN/inf")
-    if not converged:
+    if stopped == "max_iter":
         warnings.warn(f"stopped after max_iter={max_iter} iterations with sigma="
                       f"{history[-1]['sigma']:.4g} > sigma0={sigma0}; raise max_iter or sigma0",
                       ConvergenceWarning, stacklevel=3)  # caller of the no_grad wrapper
@@ -438,4 +465,4 @@ def fit_clusters(provider: Dissimilarity, centers: Tensor, *, rule: SizeRule,
                       ConvergenceWarning, stacklevel=3)  # caller of the no_grad wrapper
     return ClusterResult(labels=labels, centers=centers, sizes=sizes, n_iter=n_iter,
                          converged=converged, inertia=history[-1]["inertia"],
-                         objective=history[-1]["J"], history=history)
+                         objective=history[-1]["J"], history=history, stopped=stopped)

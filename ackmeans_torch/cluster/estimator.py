@@ -54,8 +54,9 @@ class ACKMeans:
     (K, *F) tensor; ``max_iter``; ``sigma0`` σ0 in [0, 1] (stop when the fraction of changed
     labels σ ≤ σ0); ``batch_size`` items between size refreshes (1 = paper's sequential order);
     ``seed`` for the CPU generator (init and the d_c probes); ``leave_one_out`` and
-    ``min_class_size`` as in :class:`~ackmeans_torch.cluster.options.ClusterOptions` (here the
-    paper's loop by default: False and 0); ``device`` (None: the input's).
+    ``min_class_size`` and ``plateau`` as in
+    :class:`~ackmeans_torch.cluster.options.ClusterOptions` (here the paper's loop by default:
+    False, 0 and 0); ``device`` (None: the input's).
 
     Attributes after ``fit``: ``labels_`` (N,) int64, ``centers_`` (K, *F) (alias
     ``cluster_centers_``), ``sizes_`` (K,), ``n_iter_`` (while-loop iterations after the initial
@@ -67,7 +68,7 @@ class ACKMeans:
                  objective: str | SizeRule = "ack",
                  init: str | Tensor = "random", max_iter: int = 100, sigma0: float = 0.0,
                  batch_size: int = 1, chunk_size: int = 4096, seed: int = 0,
-                 leave_one_out: bool = False, min_class_size: int = 0,
+                 leave_one_out: bool = False, min_class_size: int = 0, plateau: int = 0,
                  device: str | torch.device | None = None) -> None:
         # scikit-learn's habit: __init__ only stores its keywords; fit validates them
         for name, value in locals().items():
@@ -80,7 +81,7 @@ class ACKMeans:
                               sigma0=self.sigma0, batch_size=self.batch_size,
                               chunk_size=self.chunk_size, seed=self.seed,
                               leave_one_out=self.leave_one_out,
-                              min_class_size=self.min_class_size)
+                              min_class_size=self.min_class_size, plateau=self.plateau)
 
     def fit(self, x: Tensor | np.ndarray) -> ACKMeans:
         """Cluster ``x`` (N, *F) float; returns self."""
