@@ -228,7 +228,7 @@ def run_classification(source: ImageSource, *, pipeline: Pipeline, rule: SizeRul
                "seconds": time.perf_counter() - start, "processes": fabric.world_size,
                "resumed_after": None if saved is None else saved.state.iteration}
     particles = source.particles
-    figures, angles = None, None
+    angles = None
     if CENTRE_LABEL_COLUMN in particles and "rlnAngleTilt" in particles:
         figures, angles = evaluate_classification(
             result.labels.cpu().numpy(), options.n_classes,

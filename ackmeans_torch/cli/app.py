@@ -134,7 +134,7 @@ class RunDirectory:
         # the lock is held: no other run can be writing these, they are a killed run's
         for stale in sorted(self.path.rglob(".*.tmp*"), reverse=True):
             if _TEMPORARY.match(stale.name):
-                shutil.rmtree(stale) if stale.is_dir() else stale.unlink()
+                _remove(stale)
         if continues:
             return
         self.aside = self.path / f".replaced.tmp{os.getpid()}"
@@ -148,11 +148,14 @@ class RunDirectory:
         """End the hold. ``failed``: the run stopped on bad input: what it wrote into a fresh
         directory is removed, an overwritten run's files are put back, and a directory left
         empty is removed. ``keep_aside``: a bug stopped the run; the overwritten run's files
-        stay in their set-aside folder (removed by the next overwrite or resume)."""
+        stay in their set-aside folder (removed by the next overwrite or resume). The first call
+        counts; later ones do nothing."""
+        if self._fd is None:
+            return
         if failed and self.fresh:
             for entry in self._entries():
                 if entry != self.aside:
-                    shutil.rmtree(entry) if entry.is_dir() else entry.unlink()
+                    _remove(entry)
         if self.aside is not None and not keep_aside:
             if failed:
                 for entry in self.aside.iterdir():
@@ -163,6 +166,14 @@ class RunDirectory:
             (self.path / LOCK_NAME).unlink()
             self.path.rmdir()
         os.close(self._fd)
+        self._fd = None
+
+
+def _remove(path: Path) -> None:
+    if path.is_dir():
+        shutil.rmtree(path)
+    else:
+        path.unlink()
 
 
 def _write_run_record(cfg: DictConfig, run_dir: Path) -> None:
@@ -221,7 +232,7 @@ def bad_input_message(exc: BaseException) -> str | None:
         key = text.rsplit("full_key:", 1)[1].strip() if "full_key:" in text else key
         exc = exc.__cause__
         if isinstance(exc, TypeError):
-            return f"config {key or ''}: {exc}".replace("config : ", "config: ")
+            return f"config {key}: {exc}" if key else f"config: {exc}"
     if isinstance(exc, (ValueError, OSError, OmegaConfBaseException)):
         text = str(exc).strip()
         first = text.splitlines()[0] if text else type(exc).__name__
@@ -281,14 +292,12 @@ def hydra_command(config_name: str) -> Callable[[Command], Callable[[], None]]:
                 message = bad_input_message(exc)
                 if message is None or _debug():
                     if hold is not None:
-                        hold, held = None, hold
-                        held.release(keep_aside=True)
+                        hold.release(keep_aside=True)
                     raise
                 _stop_logging(handlers)
                 handlers = []
                 if hold is not None:
-                    hold, held = None, hold
-                    held.release(failed=True)
+                    hold.release(failed=True)
                 fail(message)
             finally:
                 _stop_logging(handlers)

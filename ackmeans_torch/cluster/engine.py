@@ -225,11 +225,15 @@ class ClusterResult:
     centers: Tensor
     sizes: Tensor
     n_iter: int
-    converged: bool
     inertia: float
     objective: float
     history: list[dict] = field(default_factory=list)
     stopped: str = "max_iter"
+
+    @property
+    def converged(self) -> bool:
+        """σ ≤ σ0 was reached (a plateau or max_iter is not convergence)."""
+        return self.stopped == "sigma0"
 
 
 def _check_finite(d: Tensor, first: int) -> None:
@@ -331,7 +335,7 @@ def _reseed_small(provider: Dissimilarity, centers: Tensor, updated: Tensor, lab
     are). Statistics are taken against ``centers`` (those of the pass just made, which the
     provider holds), drawn from the CPU ``generator`` (the same on every process), and summed
     with ``reduce``. Returns the centres and the reseeded classes."""
-    counts = counts.clone()
+    counts, updated = counts.clone(), updated.clone()
     reseeded = []
     for j in torch.nonzero(counts < min_size).squeeze(1).tolist():
         big = int(counts.argmax())
@@ -343,7 +347,6 @@ def _reseed_small(provider: Dissimilarity, centers: Tensor, updated: Tensor, lab
         stats = reduce(provider.statistics(own, torch.full((len(own),), big, dtype=torch.int64,
                                                            device=labels.device), centers))
         stats["counts"] = torch.zeros_like(counts).index_fill_(0, torch.tensor([big]), len(half))
-        updated = updated.clone()
         updated[j] = provider.update(stats, centers)[big]
         counts[big] -= len(half)
         counts[j] = len(half)
@@ -384,7 +387,6 @@ def fit_clusters(provider: Dissimilarity, centers: Tensor, *, rule: SizeRule,
     sizes = torch.zeros(k, dtype=torch.int64, device=device)
     history: list[dict] = []
     zero = torch.zeros((), dtype=torch.float64, device=device)
-    converged = False
     stopped = "max_iter"
     n_iter = 0
     first = 0
@@ -398,7 +400,6 @@ def fit_clusters(provider: Dissimilarity, centers: Tensor, *, rule: SizeRule,
         generator.set_state(start.generator_state)
         n_iter, first = start.iteration, start.iteration + 1
         stopped = history[-1].get("stopped", "max_iter")
-        converged = stopped == "sigma0"
         if stopped in ("sigma0", "plateau"):
             first = max_iter + 1
     for it in range(first, max_iter + 1):
@@ -440,7 +441,7 @@ def fit_clusters(provider: Dissimilarity, centers: Tensor, *, rule: SizeRule,
         n_iter = it
         if it > 0 and not reseeded:  # a reseeded class needs another pass
             if sigma <= sigma0:
-                converged, stopped = True, "sigma0"
+                stopped = "sigma0"
             elif _plateaued(history, plateau):
                 stopped = "plateau"
         if stopped != "max_iter" or it == max_iter:
@@ -464,5 +465,5 @@ def fit_clusters(provider: Dissimilarity, centers: Tensor, *, rule: SizeRule,
         warnings.warn(f"{history[-1]['n_empty']} of {k} classes ended empty ({fate})",
                       ConvergenceWarning, stacklevel=3)  # caller of the no_grad wrapper
     return ClusterResult(labels=labels, centers=centers, sizes=sizes, n_iter=n_iter,
-                         converged=converged, inertia=history[-1]["inertia"],
+                         inertia=history[-1]["inertia"],
                          objective=history[-1]["J"], history=history, stopped=stopped)

@@ -142,7 +142,7 @@ class _State:
 
     def evict_moves(self) -> bool:
         """Put clique j in, evicting the chosen cliques on its boxes, where w_j exceeds their sum."""
-        P, w, k = self.P, self.w, self.P.loc.shape[1]
+        P, w = self.P, self.w
         cand = np.flatnonzero((w > 0) & ~self.chosen)
         own = np.sort(self.owner[P.loc[cand]], axis=1)
         first = own >= 0
