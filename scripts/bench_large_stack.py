@@ -1,5 +1,6 @@
 """Larger-than-memory classification benchmark: peak resident memory vs stack size and
-time per iteration for MRA over a memory-mapped stack read and preprocessed chunk by chunk.
+time per iteration for MRA (or MSA/MRA: ``--pipeline msa_mra``, one round) over a
+memory-mapped stack read and preprocessed chunk by chunk.
 
 Writes an N-image L px float32 stack (default 200,000 × 64 px, 3.3 GB) of noisy, randomly
 shifted phantom projections (20 views), then classifies it in a fresh child process with cheap
@@ -11,12 +12,17 @@ for comparing the speed of the two paths at a size that fits.
 
     python scripts/bench_large_stack.py --dir /tmp/bench --n 200000
     python scripts/bench_large_stack.py --dir /tmp/bench --n 20000 --compare
+    python scripts/bench_large_stack.py --dir /tmp/bench --n 20000 --pipeline msa_mra --compare
+
+MRA keeps each chunk's spectra and images across iterations within
+``ops.align.SPECTRA_CACHE_BYTES`` (2 GiB), which the peak memory of a large stack includes.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import shutil
 import subprocess
 import sys
@@ -69,6 +75,7 @@ def classify_child(args: argparse.Namespace) -> None:
     """Run in the child: classify the stack and print a JSON line of figures."""
     from ackmeans_torch.classify.distributed import RunHooks
     from ackmeans_torch.classify.mra import MRA
+    from ackmeans_torch.classify.msa import MSAMRA
     from ackmeans_torch.cluster.engine import ConvergenceWarning
     from ackmeans_torch.cluster.options import ClusterOptions
     from ackmeans_torch.cluster.penalties import QuadraticPenalty
@@ -96,7 +103,8 @@ def classify_child(args: argparse.Namespace) -> None:
     hooks = RunHooks(on_iteration=lambda state, poses: stamps.append(time.perf_counter()))
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", ConvergenceWarning)
-        result = MRA().classify(
+        pipeline = MRA() if args.pipeline == "mra" else MSAMRA(n_rounds=1)
+        result = pipeline.classify(
             images, rule=QuadraticPenalty(beta=0.5), mask_radius=images.mask_radius,
             align=AlignOptions(n_angles=args.angles, max_shift=0.0, refine=False),
             options=ClusterOptions(n_classes=args.classes, max_iter=args.iterations, sigma0=0.0,
@@ -105,6 +113,8 @@ def classify_child(args: argparse.Namespace) -> None:
     done.set()
     passes = np.diff([ready, *stamps])
     print(json.dumps({
+        "total_s": time.perf_counter() - ready, "threads": torch.get_num_threads(),
+        "load": os.getloadavg(),
         "n": len(source), "box": source.box_size, "in_memory": args.in_memory,
         "load_s": ready - start, "pass_s": passes.tolist(),
         "sizes_sum": int(result.sizes.sum()), **{f"peak_{k}": v for k, v in peak.items()},
@@ -121,6 +131,7 @@ def main() -> None:
     parser.add_argument("--iterations", type=int, default=1)
     parser.add_argument("--batch", type=int, default=1024, help="images between size refreshes")
     parser.add_argument("--chunk", type=int, default=4096)
+    parser.add_argument("--pipeline", choices=("mra", "msa_mra"), default="mra")
     parser.add_argument("--compare", action="store_true", help="also run the in-memory path")
     parser.add_argument("--keep", action="store_true", help="keep the stack afterwards")
     parser.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
@@ -144,21 +155,23 @@ def main() -> None:
     for in_memory in ([False, True] if args.compare else [False]):
         cmd = [sys.executable, __file__, "--child", f"--stack={stack}",
                f"--classes={args.classes}", f"--angles={args.angles}", f"--batch={args.batch}",
-               f"--chunk={args.chunk}", f"--iterations={args.iterations}"]
+               f"--chunk={args.chunk}", f"--iterations={args.iterations}",
+               f"--pipeline={args.pipeline}"]
         out = subprocess.run(cmd + (["--in-memory"] if in_memory else []), check=True,
                              capture_output=True, text=True)
         rows.append(json.loads(out.stdout.strip().splitlines()[-1]))
     gb = need / 1e9
-    print(f"\nMRA, K={args.classes}, {args.angles} angles, no shifts, batch {args.batch}, "
-          f"chunk {args.chunk}, torch {torch.__version__}, {torch.get_num_threads()} threads")
+    print(f"\n{args.pipeline}, K={args.classes}, {args.angles} angles, no shifts, batch {args.batch}, "
+          f"chunk {args.chunk}, torch {torch.__version__}")
     print("| path | N | stack GB | peak RSS GB (VmHWM) | peak RssAnon GB | peak RssFile GB "
-          "| load s | s per pass (iteration 0, 1, ...) |")
-    print("|---|---|---|---|---|---|---|---|")
+          "| load s | s per pass (iteration 0, 1, ...) | total s | threads | load 1/5/15 min |")
+    print("|---|---|---|---|---|---|---|---|---|---|---|")
     for r in rows:
         print(f"| {'in memory' if r['in_memory'] else 'chunked'} | {r['n']} | {gb:.2f} "
               f"| {r['VmHWM'] / 1e9:.2f} | {r['peak_RssAnon'] / 1e9:.2f} "
               f"| {r['peak_RssFile'] / 1e9:.2f} | {r['load_s']:.1f} "
-              f"| {', '.join(f'{s:.1f}' for s in r['pass_s'])} |")
+              f"| {', '.join(f'{s:.1f}' for s in r['pass_s']) or '-'} | {r['total_s']:.1f} "
+              f"| {r['threads']} | {'/'.join(f'{v:.1f}' for v in r['load'])} |")
     if not args.keep:
         stack.unlink()
 

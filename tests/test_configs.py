@@ -9,6 +9,7 @@ import inspect
 from pathlib import Path
 
 import pytest
+import torch
 from hydra import compose, initialize_config_dir
 from hydra.utils import get_object, instantiate
 from omegaconf import OmegaConf
@@ -55,7 +56,8 @@ def test_every_classify_group_option_instantiates(group):
 
 @pytest.mark.parametrize("experiment", _options("experiment"))
 def test_every_experiment_composes_and_instantiates(experiment):
-    command = "simulate" if experiment == "paper_sim" else "classify"
+    command = ("simulate" if experiment == "paper_sim" or experiment.startswith("hetero3d")
+               else "classify")
     cfg = _compose(command, [f"experiment={experiment}"])
     instantiate(cfg.sim)
     if command == "classify":
@@ -68,3 +70,35 @@ def test_evaluate_options_compose():
     for option in _options("evaluate"):
         cfg = _compose("evaluate", [f"evaluate={option}"])
         assert cfg.evaluate.kind == option
+
+
+@pytest.mark.parametrize("option", _options("picker"))
+def test_every_picker_option_instantiates_in_pick_and_pipeline(option, tmp_path):
+    """Each picker YAML mirrors its constructor: it instantiates inside `pick` (with the
+    required keys given), and the loop settings build their options."""
+    from ackmeans_torch.cli.pick import loop_options
+
+    if option == "template_averages":
+        from ackmeans_torch.io.mrc import write_stack
+
+        write_stack(tmp_path / "avg.mrcs", torch.rand(3, 64, 64), 4.0)
+        extra = [f"pickers.x.path={tmp_path / 'avg.mrcs'}"]
+    else:  # the command picker's required keys
+        extra = ["pickers.x.command='true {micrograph}'", "pickers.x.output='{out_dir}/a.box'"] \
+            if option == "command" else []
+    cfg = _compose("pick", ["micrographs=m/", "particle_diameter=50", f"+picker@pickers.x={option}", *extra])
+    picker = instantiate(cfg.pickers.x)
+    assert picker.particle_diameter == 50
+    assert loop_options(cfg).rounds == cfg.rounds
+
+
+def test_pipeline_config_instantiates():
+    """Every object of the `pipeline` command (simulation, pickers, loop, extraction,
+    classification, selection settings) is made from its default config."""
+    from ackmeans_torch.cli.pick import loop_options, make_pickers
+
+    pipe = _compose("pipeline", [])
+    loop_options(pipe)
+    assert set(make_pickers(pipe)) == {"blob", "template", "cnn"}
+    for key in ("simulation", "extract", "classes", "preprocess", "pipeline", "objective", "align", "trainer"):
+        instantiate(pipe[key])

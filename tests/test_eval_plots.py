@@ -19,7 +19,7 @@ def figures(monkeypatch):
         fig.savefig(path)
         return path
 
-    monkeypatch.setattr(plots, "_save", keep)
+    monkeypatch.setattr(plots, "save_figure", keep)
     yield made
     for fig in made:
         plots.plt.close(fig)

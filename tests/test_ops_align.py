@@ -161,7 +161,9 @@ def test_half_length_spectra_equal_the_full_circle_fft(n_angles):
     values = torch.randn(3, 5, n_angles // 2, dtype=torch.complex128, generator=g)
     twiddle = torch.exp(-2j * math.pi * torch.arange(n_angles // 2, dtype=torch.float64) / n_angles)
     freqs = n_angles // 2 + 1
-    half = _half_spectra(values, twiddle, values.new_empty((3, 5, freqs)))
+    no_shift = torch.ones(n_angles // 2, 1, 5, dtype=torch.complex128)  # (M/2, T = 1, R)
+    half = _half_spectra(values, no_shift, twiddle, values.new_empty((freqs, 3, 1, 5)))
+    half = half[:, :, 0].permute(1, 2, 0)  # (B, R, M/2 + 1)
     scale = _even_odd_order(torch.ones(freqs, 1, 1, dtype=torch.complex128))[:, 0, 0]
     assert torch.allclose(_natural_order(half * scale), angular_spectrum(values), atol=1e-12)
 

@@ -44,13 +44,16 @@ def config_hash(config: dict) -> str:
     return hashlib.sha256(json.dumps(config, sort_keys=True, default=str).encode()).hexdigest()
 
 
-def save_checkpoint(path: Path, *, state: LoopState, poses: Poses, config_hash: str) -> None:
-    """Write ``state`` and ``poses`` (CPU copies) to ``path`` atomically."""
+def save_checkpoint(path: Path, *, state: LoopState, poses: Poses | None,
+                    config_hash: str) -> None:
+    """Write ``state`` and ``poses`` (CPU copies; None for a classification whose poses are
+    given, 3D) to ``path`` atomically."""
     payload = {
         "format": _FORMAT, "config_hash": config_hash, "iteration": state.iteration,
         "labels": state.labels.cpu(), "centers": state.centers.cpu(), "sizes": state.sizes.cpu(),
         "history": list(state.history), "generator_state": state.generator_state.cpu(),
-        "poses": {key: value.cpu() for key, value in poses.as_dict().items()},
+        "poses": None if poses is None else {key: value.cpu()
+                                             for key, value in poses.as_dict().items()},
     }
     with atomic_output(path) as tmp:
         torch.save(payload, tmp)
@@ -71,7 +74,7 @@ def load_checkpoint(path: Path, *, config_hash: str) -> Resume:
     state = LoopState(iteration=data["iteration"], labels=data["labels"],
                       centers=data["centers"], sizes=data["sizes"], history=data["history"],
                       generator_state=data["generator_state"])
-    return Resume(state=state, poses=Poses(**data["poses"]))
+    return Resume(state=state, poses=None if data["poses"] is None else Poses(**data["poses"]))
 
 
 class IterationRecorder:

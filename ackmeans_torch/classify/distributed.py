@@ -44,10 +44,11 @@ ACCELERATORS = ("cpu", "cuda", "gpu", "mps", "auto")
 
 @dataclass
 class Resume:
-    """A saved point to continue from: the engine's state and the poses of the same iteration."""
+    """A saved point to continue from: the engine's state and the poses of the same iteration
+    (None where the poses are given, not searched: 3D classification)."""
 
     state: LoopState
-    poses: Poses
+    poses: Poses | None
 
 
 @dataclass

@@ -53,16 +53,15 @@ from ackmeans_torch.io.atomic import atomic_output
 from ackmeans_torch.io.mrc import write_stack
 from ackmeans_torch.io.star import write_particles, write_star
 from ackmeans_torch.ops.align import AlignOptions
-from ackmeans_torch.ops.fourier import fft2c
+from ackmeans_torch.ops.fourier import (
+    GOLD_STANDARD_THRESHOLD as FRC_THRESHOLD,
+    NO_RESOLUTION,
+    fft2c,
+    resolution_at,
+)
 from ackmeans_torch.ops.polar import circular_mask
 from ackmeans_torch.ops.projection import relion_origin_to_shift
 from ackmeans_torch.ops.transform import Poses
-
-#: FRC threshold of the per-class resolution (RELION's gold-standard 0.143)
-FRC_THRESHOLD = 0.143
-#: RELION's resolution (Å) for a class it cannot estimate
-NO_RESOLUTION = 999.0
-
 
 def pose_to_relion(angle: Tensor, shift: Tensor, pixel_size: float) -> dict[str, np.ndarray]:
     """Aligner pose → RELION columns. The aligner's ``T = S_t ∘ R_a`` moves the class average
@@ -146,9 +145,7 @@ def half_sets(prepared: ImageSource, labels: Tensor, poses: Poses, n_classes: in
     residual = power - (counts.to(sums)[:, None, None] * mean.abs() ** 2).sum(0)
     noise = per_shell(residual.clamp_min(0)) / pixels / max(len(labels), 1)
     frc = frc.cpu().numpy()
-    below = frc[:, 1:] < FRC_THRESHOLD
-    last_good = np.where(below.any(1), below.argmax(1), n_shells - 1)
-    resolution = size * pixel / np.maximum(last_good, 1)
+    resolution = resolution_at(frc, box_size=size, pixel_size=pixel, threshold=FRC_THRESHOLD)
     two_halves = (halves.reshape(n_classes, 2) > 0).all(1).cpu().numpy()
     resolution = np.where(two_halves, resolution, NO_RESOLUTION)
     return HalfSets(frc=np.where(two_halves[:, None], frc, 0.0), resolution=resolution,

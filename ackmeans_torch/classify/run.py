@@ -144,7 +144,7 @@ def _check(source: ImageSource, *, pipeline: Pipeline, options: ClusterOptions,
         check_number("wiener_epsilon", wiener_epsilon, 1e-12)
 
 
-def _output_particles(source: ImageSource, out_dir: Path,
+def output_particles(source: ImageSource, out_dir: Path,
                       project_dir: Path) -> tuple[pd.DataFrame, ImageSource | None]:
     """The table to write back, its image names valid from ``project_dir`` (where RELION runs):
     as given where they already are; for images held in memory only, the names of the
@@ -237,7 +237,7 @@ def run_classification(source: ImageSource, *, pipeline: Pipeline, rule: SizeRul
         summary.update(figures)
     if out_dir is not None:
         project = Path(os.path.abspath(Path.cwd() if project_dir is None else project_dir))
-        table, in_memory = _output_particles(source, out_dir, project)
+        table, in_memory = output_particles(source, out_dir, project)
         write_outputs(out_dir, result, table, pixel_size=images.pixel_size, title=title,
                       images=in_memory, prepared=images, align=align, seed=options.seed,
                       project_dir=project)

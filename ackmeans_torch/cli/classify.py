@@ -53,12 +53,20 @@ def _relaunchable_argv() -> Iterator[None]:
         sys.argv = saved
 
 
-def classify_options(cfg: DictConfig) -> dict:
+#: the option objects of ``classify`` and the config group each is made from
+CLASSIFY_GROUPS = (("rule", "objective"), ("pipeline", "pipeline"), ("align", "align"),
+                   ("preprocess_options", "preprocess"), ("trainer", "trainer"))
+
+
+def classify_options(cfg: DictConfig, groups=CLASSIFY_GROUPS) -> dict:
     """Every option object of a run, made and validated from the config (no data read):
-    ``options``, ``rule``, ``pipeline``, ``align``, ``preprocess_options``, ``trainer``."""
-    made = {"options": ClusterOptions(**{f.name: cfg[f.name] for f in fields(ClusterOptions)})}
-    for key, group in (("rule", "objective"), ("pipeline", "pipeline"), ("align", "align"),
-                       ("preprocess_options", "preprocess"), ("trainer", "trainer")):
+    ``options`` (the loop keys) and one per ``(keyword, group)`` of ``groups`` (default
+    ``classify``'s: ``rule``, ``pipeline``, ``align``, ``preprocess_options``, ``trainer``)."""
+    # a loop key the command's YAML leaves out keeps ClusterOptions' default (2D has no soft
+    # assignment to offer, so classify.yaml has no temperature)
+    made = {"options": ClusterOptions(**{f.name: cfg[f.name] for f in fields(ClusterOptions)
+                                         if f.name in cfg})}
+    for key, group in groups:
         made[key] = instantiate(cfg[group])
     return made
 
@@ -114,6 +122,11 @@ def summary_table(run) -> str:
     if run.out_dir is not None:
         rows.append(("outputs", f"{run.out_dir}/ (particles.star, class_averages.mrcs, "
                                 "classes.star, class_gallery.png, summary.json)"))
+    return aligned_rows(rows)
+
+
+def aligned_rows(rows: list[tuple[str, str]]) -> str:
+    """``(name, value)`` rows as an indented two-column table (the end-of-run summaries)."""
     width = max(len(name) for name, _ in rows)
     return "\n".join(f"  {name:<{width}}  {value}" for name, value in rows)
 

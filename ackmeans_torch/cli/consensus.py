@@ -14,6 +14,8 @@ Examples::
 from __future__ import annotations
 
 import logging
+import sys
+import warnings
 from pathlib import Path
 
 import pandas as pd
@@ -26,8 +28,11 @@ from ackmeans_torch.io.coords import (
     is_star_path, relion_coordinate_path, relion_micrograph_names, write_box, write_cbox, write_relion_autopick,
     write_relion_coordinate_index, write_relion_star,
 )
-from ackmeans_torch.picking.consensus import MicrographConsensus, PickerData, load_pickers, run_consensus
-from ackmeans_torch.picking.plots import IMAGE_SUFFIXES, plot_overlay, plot_sorted_confidence, read_micrograph_image
+from ackmeans_torch.micrographs.io import IMAGE_SUFFIXES, project_path, read_micrographs
+from ackmeans_torch.picking.consensus import (
+    ConsensusInputWarning, MicrographConsensus, PickerData, load_pickers, run_consensus,
+)
+from ackmeans_torch.picking.plots import plot_overlay, plot_sorted_confidence
 
 log = logging.getLogger(__name__)
 
@@ -51,27 +56,18 @@ def picker_sources(pickers: object) -> dict[str, str]:
     return out
 
 
-def summary_table(results: list[MicrographConsensus], pickers: list[str]) -> pd.DataFrame:
-    """One row per micrograph: boxes per picker, cliques, selected, objective, status, time."""
+def summary_table(results: list[MicrographConsensus], data: PickerData) -> pd.DataFrame:
+    """One row per micrograph: boxes per picker, cliques, selected, objective, status, time, error,
+    and the notes of reading its files (a picker without a file, boxes outside, headers)."""
     rows = []
     for r in results:
         row = {"micrograph": r.stem}
         row.update({f"boxes_{n}": ("" if c is None else c) for n, c in r.n_boxes.items()})
         row.update(cliques=r.n_cliques, selected=len(r.picks), objective=round(r.objective, 6),
                    status=r.status, gap=round(r.gap, 6), ilp_components=r.ilp_components,
-                   seconds=round(r.seconds, 4), error=r.error or "")
+                   seconds=round(r.seconds, 4), error=r.error or "", notes="; ".join(data.notes.get(r.stem, [])))
         rows.append(row)
     return pd.DataFrame(rows)
-
-
-def _from_project(path: Path) -> str:
-    """``path`` as RELION resolves it from its project directory, taken to be the working
-    directory (RELION runs there); absolute when ``path`` lies outside it."""
-    path = path.resolve()
-    try:
-        return path.relative_to(Path.cwd().resolve()).as_posix()
-    except ValueError:
-        return path.as_posix()
 
 
 def write_relion_layout(run_dir: Path, results: list[MicrographConsensus], names: dict[str, str],
@@ -90,7 +86,7 @@ def write_relion_layout(run_dir: Path, results: list[MicrographConsensus], names
             continue
         coords = run_dir / relion_coordinate_path(names[r.stem])
         write_relion_autopick(coords, r.picks)
-        pairs.append((names[r.stem], _from_project(coords)))
+        pairs.append((names[r.stem], project_path(coords)))
     if unnamed:
         log.warning("%d micrographs are not in relion_micrographs (%s), so they have no RELION coordinate file: %s",
                     len(unnamed), micrographs_star, ", ".join(unnamed[:5]) + (" ..." if len(unnamed) > 5 else ""))
@@ -115,22 +111,40 @@ def write_outputs(run_dir: Path, data: PickerData, results: list[MicrographConse
     if relion_names is not None:
         write_relion_layout(run_dir, results, relion_names, micrographs_star)
     with atomic_output(run_dir / "summary.tsv") as tmp:
-        summary_table(results, data.pickers).to_csv(tmp, sep="\t", index=False)
+        summary_table(results, data).to_csv(tmp, sep="\t", index=False)
     plot_sorted_confidence([r.picks.scores for r in results if r.status != "skipped"], run_dir / "confidences.png")
     if micrographs is None:
         return
-    folder = Path(micrographs)
-    if not folder.is_dir():
-        raise InputError(f"micrographs={folder} is not a folder of micrograph images")
-    images = {p.stem: p for p in sorted(folder.iterdir()) if p.suffix.lower() in IMAGE_SUFFIXES}
+    if not Path(micrographs).is_dir():
+        raise InputError(f"micrographs={micrographs} is not a folder of micrograph images")
+    images = {m.name: m for m in read_micrographs(micrographs)}
     from tqdm import tqdm  # the overlays are the slow, per-micrograph part: a bar with ETA on a terminal
 
     for r in tqdm(results, desc="overlays", unit="micrograph", disable=None, leave=False):
         if r.stem in images and r.status != "skipped":
-            path = images[r.stem]
-            flipped = path.suffix.lower() != ".mrc" if image_y_flipped == "auto" else bool(image_y_flipped)
-            plot_overlay(read_micrograph_image(path), data.picks[r.stem], r.picks,
+            mic = images[r.stem]
+            flipped = (IMAGE_SUFFIXES[mic.path.suffix.lower()] == "pil" if image_y_flipped == "auto"
+                       else bool(image_y_flipped))
+            plot_overlay(mic.load(), data.picks[r.stem], r.picks,
                          run_dir / "overlays" / f"{r.stem}.png", image_y_flipped=flipped, title=r.stem)
+
+
+def micrograph_shapes(cfg: DictConfig) -> dict[str, tuple[int, int]] | None:
+    """Micrograph stem -> (H, W) px from the MRC/TIFF headers of ``micrographs`` (the overlay
+    images) or, when all its files are present, of ``relion_micrographs``; None when neither gives
+    them (boxes outside a micrograph cannot be told then). PNG/JPEG are left out: such exports are
+    often binned, and their size would drop good boxes."""
+    sources = [s for s in (cfg.micrographs, cfg.relion_micrographs) if s is not None]
+    for source in sources:
+        try:
+            return {m.name: m.shape for m in read_micrographs(str(source))
+                    if IMAGE_SUFFIXES[m.path.suffix.lower()] != "pil"} or None
+        except InputError as exc:
+            if source == cfg.micrographs:
+                raise
+            log.info("micrograph sizes not read from relion_micrographs (%s); boxes are not checked against "
+                     "the micrograph edges", str(exc).splitlines()[0])
+    return None
 
 
 @hydra_command("consensus")
@@ -139,7 +153,15 @@ def main(cfg: DictConfig, run_dir: Path) -> None:
     formats = cfg.formats if isinstance(cfg.formats, str) else dict(zip(sources, map(str, cfg.formats)))
     if not isinstance(formats, str) and len(formats) != len(sources):
         raise InputError(f"formats: {len(cfg.formats)} entries for {len(sources)} pickers; give one per picker")
-    data = load_pickers(sources, formats=formats, box_size=cfg.box_size, skip_bad=cfg.skip_bad_micrographs)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always", ConsensusInputWarning)
+        data = load_pickers(sources, formats=formats, box_size=cfg.box_size, skip_bad=cfg.skip_bad_micrographs,
+                            shapes=micrograph_shapes(cfg))
+    for w in caught:
+        # what the input lacked goes to stderr as well as the log: a consensus that silently used
+        # less than it was given is the failure this guards against
+        log.warning("%s", w.message)
+        print(f"consensus: warning: {w.message}", file=sys.stderr)
     source = cfg.relion_micrographs
     # Read before the solver runs, so that a wrong micrographs STAR costs no consensus time.
     relion_names = None if source is None else relion_micrograph_names(str(source), list(data.picks))

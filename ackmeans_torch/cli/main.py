@@ -15,9 +15,18 @@ import sys
 COMMANDS = {
     "simulate": ("ackmeans_torch.cli.simulate", "simulate particle images with known poses, CTF and noise"),
     "classify": ("ackmeans_torch.cli.classify", "2D classification (MRA, MSA/MRA, RFA) with ACK-means or its baselines"),
+    "classify3d": ("ackmeans_torch.cli.classify3d", "3D classification of particles with known poses (hard or soft, any size rule)"),
     "consensus": ("ackmeans_torch.cli.consensus", "consensus particle picking over several pickers (REPIC)"),
     "evaluate": ("ackmeans_torch.cli.evaluate", "score classifications or picks against a reference"),
     "select": ("ackmeans_torch.cli.select", "keep or drop 2D classes of a classify run or RELION Class2D job"),
+    "reproduce": ("ackmeans_torch.cli.reproduce", "run a classification R times: classes matched, stable members, stability"),
+    "split": ("ackmeans_torch.cli.split", "classify until exhaustive with a calibrated test per split; flags continuous heterogeneity"),
+    "simulate-micrographs": ("ackmeans_torch.cli.simulate_micrographs",
+                             "simulate micrographs with true particle coordinates, CTF, ice, carbon and junk"),
+    "extract": ("ackmeans_torch.cli.extract", "extract particles from micrographs at picked coordinates"),
+    "pick": ("ackmeans_torch.cli.pick", "pick with several pickers and REPIC's pick -> consensus -> retrain loop"),
+    "pipeline": ("ackmeans_torch.cli.pipeline",
+                 "end to end: simulated micrographs -> pickers -> consensus -> extract -> 2D classes -> selection"),
 }
 
 USAGE = "usage: ackmeans-torch <command> [--help] [--multirun] [key=value ...]"

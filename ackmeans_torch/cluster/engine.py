@@ -98,6 +98,13 @@ class Dissimilarity(ABC):
         ``{"sums": (K, *F)}``, the items as they enter the class means). An empty ``index`` (a
         process owning none of a chunk) gives zeros of the same shapes."""
 
+    def soft_statistics(self, index: Tensor, q: Tensor, centers: Tensor) -> dict[str, Tensor]:
+        """:meth:`statistics` with soft memberships ``q (B, K)`` (rows sum to 1): every item
+        enters every class with its weight (soft assignment, ``fit_clusters(temperature=...)``).
+        A dissimilarity without a weighted M-step refuses."""
+        raise InputError(f"{type(self).__name__} has no soft M-step; use temperature=0 "
+                         "(hard assignment)")
+
     def leave_one_out(self, d: Tensor, current: Tensor, members: Tensor) -> Tensor:
         """Own-class dissimilarities without the item's own contribution to its centre: an item
         is part of the average it is compared with, which biases its own-class distance low (a
@@ -175,6 +182,10 @@ class SquaredEuclidean(Dissimilarity):
             (centers.shape[0], len(index)), check_invariants=False)
         return {"sums": torch.sparse.mm(one_hot, rows)}
 
+    def soft_statistics(self, index: Tensor, q: Tensor, centers: Tensor) -> dict[str, Tensor]:
+        rows = self._rows(index)
+        return {"sums": q.to(rows).T @ rows}
+
 
 def characteristic_dissimilarity(provider: Dissimilarity, centers: Tensor, *,
                                  generator: torch.Generator, n_probe: int = 10) -> Tensor:
@@ -249,19 +260,29 @@ def _add(total: dict[str, Tensor] | None, part: dict[str, Tensor]) -> dict[str, 
 
 def _pass(provider: Dissimilarity, centers: Tensor, labels: Tensor, sizes: Tensor,
           rule: SizePenalty, *, d_c: Tensor, batch_size: int, chunk_size: int, shard: Shard,
-          reduce: Reduce, members: Tensor | None) -> tuple[Tensor, Tensor, dict[str, Tensor]]:
+          reduce: Reduce, members: Tensor | None,
+          temperature: float = 0.0) -> tuple[Tensor, Tensor, dict[str, Tensor]]:
     """One assignment pass over all items in index order (paper steps 9–12).
 
     Sizes are refreshed (all-reduced) after every global batch of ``batch_size`` items.
     ``members``: the centres' class sizes for the leave-one-out own-class distance (None: the
-    paper's distances). Returns new labels (complete after the final reduce), new sizes and the
-    reduced statistics (Σd of the plain distances).
+    paper's distances). ``temperature`` τ > 0 makes it an EM pass: each item's memberships are
+    q = softmax(−scores / (τ·d_c)) of the same scores, the sizes are the expected sizes Σ q
+    (refreshed by batch like the hard ones, the item's previous class taken out as in s′), the
+    statistics are weighted by q (:meth:`Dissimilarity.soft_statistics`) and the label is the
+    most probable class. Returns new labels (complete after the final reduce), new sizes and the
+    reduced statistics (Σd of the plain distances, Σ q·d when soft; ``q_max`` per item when soft).
     """
     n, k = provider.n_items, centers.shape[0]
     device = centers.device
+    soft = temperature > 0
+    scale = temperature * (float(d_c) if float(d_c) > 0 else 1.0)
+    if soft:
+        sizes = sizes.to(torch.float64)
+        q_max = torch.zeros(n, dtype=torch.float64, device=device)
     new_labels = torch.zeros(n, dtype=torch.int64, device=device)  # label + 1 on own items
     statistics = None
-    counts = torch.zeros(k, dtype=torch.int64, device=device)
+    counts = torch.zeros(k, dtype=torch.float64 if soft else torch.int64, device=device)
     d_sum = torch.zeros((), dtype=torch.float64, device=device)
     moves = torch.zeros((), dtype=torch.int64, device=device)
     batches_per_chunk = max(1, chunk_size // batch_size)
@@ -275,27 +296,41 @@ def _pass(provider: Dissimilarity, centers: Tensor, labels: Tensor, sizes: Tenso
         cur = labels[chunk_index.to(device)]
         scored = d if members is None else provider.leave_one_out(d, cur, members)
         chunk_new = torch.empty_like(cur)
+        chunk_q = d.new_zeros(d.shape) if soft else None
         offset = 0
         for idx in local:
             b = len(idx)
             d_b, cur_b = scored[offset:offset + b], cur[offset:offset + b]
-            new_b = rule.scores(d_b, sizes, cur_b, d_c=d_c, n_items=n).argmin(1)
+            scores = rule.scores(d_b, sizes, cur_b, d_c=d_c, n_items=n)
             # Old labels count in bins k..2k−1; an unassigned item (−1, first pass) goes to the
             # dropped bin 3k.
-            delta = torch.bincount(torch.cat([new_b, cur_b.where(cur_b >= 0, 2 * k) + k]),
-                                   minlength=3 * k + 1)
-            delta = delta[:k] - delta[k:2 * k]
+            old = torch.bincount(cur_b.where(cur_b >= 0, 2 * k) + k, minlength=3 * k + 1)[k:2 * k]
+            if soft:
+                q_b = torch.softmax(-scores / scale, dim=1)
+                new_b = q_b.argmax(1)
+                delta = q_b.sum(0).to(torch.float64) - old
+                chunk_q[offset:offset + b] = q_b
+            else:
+                new_b = scores.argmin(1)
+                delta = torch.bincount(new_b, minlength=k) - old
             sizes = sizes + reduce({"sizes": delta})["sizes"]
             chunk_new[offset:offset + b] = new_b
             offset += b
         dev_index = chunk_index.to(device)
         new_labels[dev_index] = chunk_new + 1
-        statistics = _add(statistics, provider.statistics(chunk_index, chunk_new, centers))
-        counts += torch.bincount(chunk_new, minlength=k)
-        d_sum += d.gather(1, chunk_new[:, None]).sum().to(torch.float64)
+        if soft:
+            statistics = _add(statistics, provider.soft_statistics(chunk_index, chunk_q, centers))
+            counts += chunk_q.sum(0).to(torch.float64)
+            d_sum += (chunk_q * d).sum().to(torch.float64)
+            q_max[dev_index] = chunk_q.amax(1).to(torch.float64)
+        else:
+            statistics = _add(statistics, provider.statistics(chunk_index, chunk_new, centers))
+            counts += torch.bincount(chunk_new, minlength=k)
+            d_sum += d.gather(1, chunk_new[:, None]).sum().to(torch.float64)
         moves += (chunk_new != cur).sum()
+    extra = {"q_max": q_max} if soft else {}
     stats = reduce({**statistics, "labels": new_labels, "counts": counts, "d_sum": d_sum,
-                    "moves": moves})
+                    "moves": moves, **extra})
     return stats["labels"] - 1, sizes, stats
 
 
@@ -362,7 +397,7 @@ def fit_clusters(provider: Dissimilarity, centers: Tensor, *, rule: SizeRule,
                  on_iteration: Callable[[LoopState], None] | None = None,
                  start: LoopState | None = None,
                  leave_one_out: bool = False, min_class_size: int = 0,
-                 plateau: int = 0) -> ClusterResult:
+                 plateau: int = 0, temperature: float = 0.0) -> ClusterResult:
     """Run the ACK-means loop from initial ``centers`` (K, *F) with size rule ``rule``.
 
     ``leave_one_out``: compare each item with its own class's centre made without it
@@ -373,6 +408,10 @@ def fit_clusters(provider: Dissimilarity, centers: Tensor, *, rule: SizeRule,
     class keeps its previous centroid).
     ``plateau``: also stop when σ has not fallen by :data:`PLATEAU_GAIN` over this many
     iterations (:func:`_plateaued`: the images still moving sit at near-ties; 0: never).
+    ``temperature``: 0 assigns hard; τ > 0 runs EM from iteration 1 on (:func:`_pass`:
+    memberships softmax(−score / (τ·d_c)); τ → 0 is the hard rule), for rules that score items
+    (not a global rule); sizes are then expected sizes and ``history[t]["mean_q_max"]`` is the
+    mean largest membership.
     ``batch_size``: items between size refreshes (1 = the paper's sequential order).
     ``chunk_size``: items per dissimilarity call (memory only; results do not depend on it).
     ``generator``: CPU generator for the d_c probes (paper step 5).
@@ -382,6 +421,9 @@ def fit_clusters(provider: Dissimilarity, centers: Tensor, *, rule: SizeRule,
     ``centers`` argument gives only the device and the loop goes on after ``start.iteration``.
     """
     n, k = provider.n_items, centers.shape[0]
+    if temperature < 0 or (temperature > 0 and isinstance(rule, GlobalSizeRule)):
+        raise InputError(f"temperature={temperature} must be >= 0, and 0 for {rule.label} "
+                         "(a global assignment has no per-item scores to soften)")
     device = centers.device
     labels = torch.full((n,), -1, dtype=torch.int64, device=device)
     sizes = torch.zeros(k, dtype=torch.int64, device=device)
@@ -409,7 +451,9 @@ def fit_clusters(provider: Dissimilarity, centers: Tensor, *, rule: SizeRule,
         # the centres were made from the previous pass's members, whose counts are its sizes
         members = sizes if (leave_one_out and it > 0
                             and not active.corrects_self_inclusion) else None
-        d_c = zero if active.size_free else characteristic_dissimilarity(
+        soft = temperature > 0 and it > 0
+        # (the temperature is in units of d_c, for every rule)
+        d_c = zero if active.size_free and not soft else characteristic_dissimilarity(
             provider, centers, generator=generator, n_probe=n_probe)
         if active.global_assignment:
             new_labels, stats = _global_pass(provider, centers, labels, active,
@@ -421,7 +465,8 @@ def fit_clusters(provider: Dissimilarity, centers: Tensor, *, rule: SizeRule,
             step = chunk_size if active.size_free else batch_size
             new_labels, sizes, stats = _pass(
                 provider, centers, labels, sizes, active, d_c=d_c, batch_size=step,
-                chunk_size=chunk_size, shard=shard, reduce=reduce, members=members)
+                chunk_size=chunk_size, shard=shard, reduce=reduce, members=members,
+                temperature=temperature if soft else 0.0)
         size_term = active.value(sizes, d_c=d_c, n_items=n)
         lam = active.strength(d_c=d_c, n_items=n, n_classes=k)
         inertia = float(stats["d_sum"])
@@ -436,8 +481,10 @@ def fit_clusters(provider: Dissimilarity, centers: Tensor, *, rule: SizeRule,
         centers = updated
         history.append({"iteration": it, "J": inertia + float(size_term), "inertia": inertia,
                         "sigma": sigma, "lambda_": lam, "d_c": float(d_c),
-                        "sizes": sizes.tolist(), "n_empty": int((sizes == 0).sum()),
+                        "sizes": sizes.tolist(), "n_empty": int((sizes < 0.5).sum()),
                         "reseeded": len(reseeded)})
+        if soft:
+            history[-1]["mean_q_max"] = float(stats["q_max"].mean())
         n_iter = it
         if it > 0 and not reseeded:  # a reseeded class needs another pass
             if sigma <= sigma0:

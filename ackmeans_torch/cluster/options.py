@@ -44,7 +44,9 @@ class ClusterOptions:
     ``leave_one_out``: compare an item with its own class's centre made without it
     (``Dissimilarity.leave_one_out``; False: the paper's plain distance); ``min_class_size``:
     a class with fewer items after an update is reseeded from half of the largest class (0: never);
-    ``plateau``: also stop when σ has not fallen by 5 % over this many iterations (0: never).
+    ``plateau``: also stop when σ has not fallen by 5 % over this many iterations (0: never);
+    ``temperature`` τ ≥ 0: 0 assigns hard, τ > 0 soft (EM memberships softmax(−score / (τ·d_c)),
+    for data with a weighted M-step: 3D classification, feature vectors).
 
     Defaults: leave-one-out distances and reseeding of empty classes (the paper-exact loop is
     ``leave_one_out=False, min_class_size=0``): without them a one-image class, whose average
@@ -65,6 +67,7 @@ class ClusterOptions:
     leave_one_out: bool = True
     min_class_size: int = 1
     plateau: int = 5
+    temperature: float = 0.0
 
     def __post_init__(self) -> None:
         check_int("n_classes", self.n_classes, 1)
@@ -75,6 +78,7 @@ class ClusterOptions:
         check_int("seed", self.seed, 0)
         check_int("min_class_size", self.min_class_size, 0)
         check_int("plateau", self.plateau, 0)
+        check_number("temperature", self.temperature, 0.0)
         if not isinstance(self.leave_one_out, bool):
             raise InputError(f"leave_one_out={self.leave_one_out!r} must be true or false")
         if isinstance(self.init, Tensor):
@@ -116,4 +120,5 @@ class ClusterOptions:
                             chunk_size=self.chunk_size, generator=generator, shard=shard,
                             reduce=reduce, on_iteration=on_iteration, start=start,
                             leave_one_out=self.leave_one_out,
-                            min_class_size=self.min_class_size, plateau=self.plateau)
+                            min_class_size=self.min_class_size, plateau=self.plateau,
+                            temperature=self.temperature)

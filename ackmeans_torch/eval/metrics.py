@@ -14,7 +14,7 @@ from scipy.special import comb
 
 from ackmeans_torch.errors import InputError
 
-__all__ = ["contingency_table", "adjusted_rand_index", "normalized_mutual_info"]
+__all__ = ["contingency_table", "adjusted_rand_index", "normalized_mutual_info", "matched_accuracy"]
 
 
 def contingency_table(a, b) -> coo_matrix:
@@ -61,3 +61,15 @@ def normalized_mutual_info(a, b) -> float:
     if h_a == 0 and h_b == 0:
         return 1.0
     return float(max(mi, 0.0) / ((h_a + h_b) / 2))
+
+
+def matched_accuracy(labels, truth) -> float:
+    """Fraction of items whose class is the one matched to their true class, classes matched
+    one-to-one to maximise the agreement (Hungarian, ``scipy.optimize.linear_sum_assignment`` on
+    the contingency table); with more classes than true classes the unmatched ones count as
+    wrong."""
+    from scipy.optimize import linear_sum_assignment
+
+    table = contingency_table(labels, truth).toarray()
+    rows, cols = linear_sum_assignment(-table)
+    return float(table[rows, cols].sum() / max(table.sum(), 1))

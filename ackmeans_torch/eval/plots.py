@@ -26,7 +26,8 @@ from matplotlib.ticker import MaxNLocator  # noqa: E402
 from ackmeans_torch.io.atomic import atomic_output  # noqa: E402
 
 
-def _save(fig, path: str | Path) -> Path:
+def save_figure(fig, path: str | Path) -> Path:
+    """Write ``fig`` as a PNG atomically and close it."""
     path = Path(path)
     with atomic_output(path) as tmp:
         fig.savefig(tmp, dpi=110, bbox_inches="tight")
@@ -67,7 +68,7 @@ def class_gallery(
     fig.subplots_adjust(wspace=0.03, hspace=0.03)
     if title:
         fig.suptitle(title, fontsize=9)
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
 def gallery_order(sizes: np.ndarray) -> np.ndarray:
@@ -88,7 +89,7 @@ def ranked_sizes(sizes_by_run: Mapping[str, np.ndarray], path: str | Path) -> Pa
     ax.yaxis.set_major_locator(MaxNLocator(integer=True))
     ax.legend(fontsize=8)
     ax.grid(alpha=0.3)
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
 def angular_histogram(
@@ -110,4 +111,4 @@ def angular_histogram(
     ax.set_ylabel("fraction of pairs")
     ax.legend(fontsize=8)
     ax.grid(alpha=0.3)
-    return _save(fig, path)
+    return save_figure(fig, path)

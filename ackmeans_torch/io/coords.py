@@ -9,13 +9,21 @@ formats (BOX, CBOX: ``x y`` is the lower-left corner of a ``w × h`` box) are co
 and ``has_scores=False``.
 
 Micrographs are paired across pickers by the exact file stem (``mic_1`` and ``mic_10`` are
-different micrographs); :func:`collect_picker_files` and :func:`pair_micrographs` own that rule.
-Malformed numbers raise :class:`~ackmeans_torch.errors.InputError` naming the file and line.
+different micrographs); :func:`collect_picker_files`, :func:`read_picker`, :func:`reconcile_stems`
+and :func:`pair_micrographs` own that rule. A Topaz file with an ``image_name`` column holds the
+boxes of every micrograph it names (Topaz writes one file for a whole data set), so it is split
+by that name, not keyed by its own stem.
+
+Nothing read is dropped silently: malformed numbers raise
+:class:`~ackmeans_torch.errors.InputError` naming the file and line; what a reader skips or infers
+(a header line, a table without a header, a repeated header inside a table, boxes outside the
+micrograph) is appended, with its count, to the ``notes`` list the caller passes.
 """
 
 from __future__ import annotations
 
 import csv
+import glob
 import math
 import os
 import posixpath
@@ -87,11 +95,12 @@ def _need_box_size(box_size: float | None, path: Path) -> float:
     return float(box_size)
 
 
-def read_box(path: str | os.PathLike, *, box_size: float | None = None) -> PickSet:
+def read_box(path: str | os.PathLike, *, box_size: float | None = None, notes: list[str] | None = None) -> PickSet:
     """EMAN BOX: whitespace-separated ``x y w h [score [more columns]]`` per line, (x, y) the
-    lower-left corner in pixels. Blank lines and one leading header line (first token not a
-    number, as REPIC allows) are skipped; columns beyond the fifth are ignored. ``box_size``, when
-    given, replaces the per-line width (REPIC uses one size for all pickers)."""
+    lower-left corner in pixels. Blank lines and one leading header line (no token a number, as
+    REPIC allows) are skipped; a first line mixing words and numbers is a malformed box, an error.
+    Columns beyond the fifth are ignored. ``box_size``, when given, replaces the per-line width
+    (REPIC uses one size for all pickers)."""
     path = Path(path)
     rows, scores = [], []
     with open(path) as f:
@@ -100,7 +109,8 @@ def read_box(path: str | os.PathLike, *, box_size: float | None = None) -> PickS
         tokens = text.split()
         if not tokens:
             continue
-        if number == 1 and not _is_number(tokens[0]):
+        if number == 1 and not any(_is_number(t) for t in tokens):
+            _note(notes, path, "1 header line skipped")
             continue
         if len(tokens) < 4:
             raise InputError(f"{path}:{number}: {len(tokens)} columns; an EMAN BOX line is 'x y w h [score]'")
@@ -113,6 +123,11 @@ def read_box(path: str | os.PathLike, *, box_size: float | None = None) -> PickS
     if rows and not has and any(s is not None for s in scores):
         raise InputError(f"{path}: some lines have a score column and some do not; make them consistent")
     return _pickset(rows, scores if has else None, box_size)
+
+
+def _note(notes: list[str] | None, path: Path, text: str) -> None:
+    if notes is not None:
+        notes.append(f"{path.name}: {text}")
 
 
 def _is_number(token: str) -> bool:
@@ -157,7 +172,7 @@ def _numeric_column(df: pd.DataFrame, name: str, path: Path, *, header_lines: in
     return values
 
 
-def read_cbox(path: str | os.PathLike, *, box_size: float | None = None) -> PickSet:
+def read_cbox(path: str | os.PathLike, *, box_size: float | None = None, notes: list[str] | None = None) -> PickSet:
     """crYOLO CBOX (a STAR file): ``_CoordinateX/_CoordinateY`` lower-left corner,
     ``_Width/_Height`` box size, ``_Confidence`` score (all pixels)."""
     path = Path(path)
@@ -174,7 +189,8 @@ def read_cbox(path: str | os.PathLike, *, box_size: float | None = None) -> Pick
     return PickSet(np.stack([x + w / 2, y + h / 2], 1), size, scores, has_scores=has)
 
 
-def read_relion_star(path: str | os.PathLike, *, box_size: float | None = None) -> PickSet:
+def read_relion_star(path: str | os.PathLike, *, box_size: float | None = None,
+                     notes: list[str] | None = None) -> PickSet:
     """RELION coordinate STAR: ``_rlnCoordinateX/_rlnCoordinateY`` box centres in pixels; score from
     ``_rlnAutopickFigureOfMerit`` when present. Needs ``box_size``."""
     path = Path(path)
@@ -191,16 +207,39 @@ def read_relion_star(path: str | os.PathLike, *, box_size: float | None = None) 
     return PickSet(xy, np.full(len(df), size), scores, has_scores=has)
 
 
-def _read_table(path: Path, sep: str | None) -> pd.DataFrame:
+#: column names given to a table without a header line, by format and column count.
+_HEADERLESS = {"Topaz": {3: ("image_name", "x_coord", "y_coord"), 4: ("image_name", "x_coord", "y_coord", "score")},
+               "Topaz-xy": {2: ("x_coord", "y_coord"), 3: ("x_coord", "y_coord", "score")},
+               "CSV": {2: ("x", "y"), 3: ("x", "y", "score")}}
+
+
+def _read_table(path: Path, sep: str, kind: str, notes: list[str] | None) -> tuple[pd.DataFrame, int]:
+    """The table of a Topaz/CSV file and how many lines precede its first data row. A first line
+    whose coordinates are numbers is data, not a header (it is read with the format's column
+    order, and noted); a later line equal to the header (files concatenated) is skipped, noted."""
     with open(path) as f:
         text = f.read()
     if not text.strip():
-        return pd.DataFrame()
+        return pd.DataFrame(), 0
     lines = [ln for ln in text.splitlines() if ln.strip()]
-    if sep is None:
-        sep = "\t" if "\t" in lines[0] else ","
-    rows = list(csv.reader(lines, delimiter=sep))
-    return pd.DataFrame(rows[1:], columns=[c.strip() for c in rows[0]])
+    rows = [[c.strip() for c in r] for r in csv.reader(lines, delimiter=sep)]
+    first = rows[0]
+    if sum(_is_number(c) for c in first) >= 2:
+        key = "Topaz-xy" if kind == "Topaz" and _is_number(first[0]) else kind
+        names = _HEADERLESS[key].get(len(first))
+        if names is None:
+            raise InputError(f"{path}: no header line and {len(first)} columns; add a header line "
+                             "(e.g. x,y,score or image_name x_coord y_coord score)")
+        ragged = next((i for i, r in enumerate(rows) if len(r) != len(first)), None)
+        if ragged is not None:
+            raise InputError(f"{path}: data row {ragged + 1} has {len(rows[ragged])} columns, the first {len(first)}; "
+                             "fix that row")
+        _note(notes, path, f"no header line; read as columns {' '.join(names)}")
+        return pd.DataFrame(rows, columns=list(names)), 0
+    body = [r for r in rows[1:] if r != first]
+    if len(body) < len(rows) - 1:
+        _note(notes, path, f"{len(rows) - 1 - len(body)} repeated header lines skipped")
+    return pd.DataFrame(body, columns=first), 1
 
 
 def _pick_column(df: pd.DataFrame, aliases: Sequence[str]) -> str | None:
@@ -208,7 +247,8 @@ def _pick_column(df: pd.DataFrame, aliases: Sequence[str]) -> str | None:
     return next((lower[a] for a in aliases if a in lower), None)
 
 
-def _read_centre_table(path: Path, df: pd.DataFrame, box_size: float | None, kind: str) -> PickSet:
+def _read_centre_table(path: Path, df: pd.DataFrame, box_size: float | None, kind: str,
+                       header_lines: int = 1) -> PickSet:
     if df.empty:
         return PickSet.empty()
     cx = _pick_column(df, ("x_coord", "x", "x-coordinate", "rlncoordinatex", "coordinatex", "center_x"))
@@ -218,42 +258,52 @@ def _read_centre_table(path: Path, df: pd.DataFrame, box_size: float | None, kin
                          "(expected e.g. x_coord,y_coord or x,y)")
     cs = _pick_column(df, ("score", "confidence", "rlnautopickfigureofmerit"))
     cd = _pick_column(df, ("box_size", "box", "diameter"))
-    xy = np.stack([_numeric_column(df, cx, path, header_lines=1), _numeric_column(df, cy, path, header_lines=1)], 1)
+    xy = np.stack([_numeric_column(df, cx, path, header_lines=header_lines),
+                   _numeric_column(df, cy, path, header_lines=header_lines)], 1)
     if box_size is not None:
         size = np.full(len(df), float(box_size))
     elif cd is not None:
-        size = _numeric_column(df, cd, path, header_lines=1)
+        size = _numeric_column(df, cd, path, header_lines=header_lines)
     else:
         size = np.full(len(df), _need_box_size(box_size, path))
-    scores = _numeric_column(df, cs, path, header_lines=1) if cs else np.ones(len(df))
+    scores = _numeric_column(df, cs, path, header_lines=header_lines) if cs else np.ones(len(df))
     return PickSet(xy, size, scores, has_scores=cs is not None)
 
 
-def read_topaz(path: str | os.PathLike, *, box_size: float | None = None) -> PickSet:
+def read_topaz(path: str | os.PathLike, *, box_size: float | None = None, notes: list[str] | None = None) -> PickSet:
     """Topaz TSV (``image_name x_coord y_coord score``): box centres in pixels, score a
-    log-likelihood ratio. Needs ``box_size``. For a file holding several micrographs use
-    :func:`split_topaz`."""
+    log-likelihood ratio. Needs ``box_size``. A file naming several micrographs is an error here:
+    split it with :func:`split_topaz` (:func:`read_picker` does)."""
     path = Path(path)
-    return _read_centre_table(path, _read_table(path, "\t"), box_size, "Topaz")
+    df, head = _read_table(path, "\t", "Topaz", notes)
+    if "image_name" in df and df["image_name"].nunique() > 1:
+        raise InputError(f"{path}: holds the boxes of {df['image_name'].nunique()} micrographs (image_name); "
+                         "read it with split_topaz")
+    return _read_centre_table(path, df, box_size, "Topaz", head)
 
 
-def split_topaz(path: str | os.PathLike, *, box_size: float | None = None) -> dict[str, PickSet]:
-    """A Topaz TSV with an ``image_name`` column split into one PickSet per micrograph stem."""
+def split_topaz(path: str | os.PathLike, *, box_size: float | None = None,
+                notes: list[str] | None = None) -> dict[str, PickSet]:
+    """A Topaz TSV with an ``image_name`` column split into one PickSet per micrograph stem (the
+    name without folder and suffix)."""
     path = Path(path)
-    df = _read_table(path, "\t")
+    df, head = _read_table(path, "\t", "Topaz", notes)
     if df.empty:
         return {}
     if "image_name" not in df:
         raise InputError(f"{path}: Topaz column image_name is missing")
-    return {str(name): _read_centre_table(path, part.reset_index(drop=True), box_size, "Topaz")
-            for name, part in df.groupby("image_name", sort=True)}
+    stems = df["image_name"].map(lambda n: posixpath.splitext(posixpath.basename(str(n)))[0])
+    return {str(name): _read_centre_table(path, part.reset_index(drop=True), box_size, "Topaz", head)
+            for name, part in df.groupby(stems, sort=True)}
 
 
-def read_csv(path: str | os.PathLike, *, box_size: float | None = None) -> PickSet:
-    """CSV with a header: centre columns (``x,y`` / ``X-Coordinate,Y-Coordinate`` /
-    ``x_coord,y_coord``), optional ``score`` and ``box_size``/``diameter`` (px)."""
+def read_csv(path: str | os.PathLike, *, box_size: float | None = None, notes: list[str] | None = None) -> PickSet:
+    """CSV: centre columns (``x,y`` / ``X-Coordinate,Y-Coordinate`` / ``x_coord,y_coord``),
+    optional ``score`` and ``box_size``/``diameter`` (px), under a header line (without one: ``x,y``
+    or ``x,y,score``)."""
     path = Path(path)
-    return _read_centre_table(path, _read_table(path, ","), box_size, "CSV")
+    df, head = _read_table(path, ",", "CSV", notes)
+    return _read_centre_table(path, df, box_size, "CSV", head)
 
 
 READERS = {"box": read_box, "cbox": read_cbox, "star": read_relion_star, "topaz": read_topaz, "csv": read_csv}
@@ -272,9 +322,10 @@ def format_of(path: str | os.PathLike, fmt: str = "auto") -> str:
     return SUFFIX_FORMATS[suffix]
 
 
-def read_picks(path: str | os.PathLike, *, fmt: str = "auto", box_size: float | None = None) -> PickSet:
+def read_picks(path: str | os.PathLike, *, fmt: str = "auto", box_size: float | None = None,
+               notes: list[str] | None = None) -> PickSet:
     """Read one coordinate file of any supported format (see the module docstring)."""
-    return READERS[format_of(path, fmt)](path, box_size=box_size)
+    return READERS[format_of(path, fmt)](path, box_size=box_size, notes=notes)
 
 
 def collect_picker_files(source: str | os.PathLike | Sequence[str | os.PathLike], *,
@@ -282,10 +333,14 @@ def collect_picker_files(source: str | os.PathLike | Sequence[str | os.PathLike]
     """Map micrograph stem -> coordinate file for one picker.
 
     ``source`` is a folder (its files with a known coordinate suffix, or of ``fmt``; sub-folders and
-    other files are ignored) or a list of files. The stem is the file name without its suffix;
-    two files with the same stem are an error.
+    other files are ignored), a glob pattern (``picks/*_autopick.star``) or a list of files. The
+    stem is the file name without its suffix; two files with the same stem are an error.
     """
-    if isinstance(source, (str, os.PathLike)):
+    if isinstance(source, (str, os.PathLike)) and glob.has_magic(os.fspath(source)):
+        files = [Path(p) for p in sorted(glob.glob(os.fspath(source))) if Path(p).is_file()]
+        if not files:
+            raise InputError(f"no coordinate files match {source}")
+    elif isinstance(source, (str, os.PathLike)):
         folder = Path(source)
         if not folder.is_dir():
             raise InputError(f"picker folder {folder} does not exist or is not a folder")
@@ -303,6 +358,92 @@ def collect_picker_files(source: str | os.PathLike | Sequence[str | os.PathLike]
             raise InputError(f"{p} and {out[p.stem]} are both micrograph {p.stem!r} for one picker; keep one")
         out[p.stem] = p
     return out
+
+
+@dataclass
+class PickerFiles:
+    """One picker's boxes by micrograph stem, read from its files: ``picks[stem]``; ``errors[stem]``
+    a one-line message for a file that could not be read; ``notes[stem]`` what was skipped or
+    inferred while reading (with counts)."""
+
+    picks: dict[str, PickSet]
+    errors: dict[str, str]
+    notes: dict[str, list[str]]
+
+
+def read_picker(source: str | os.PathLike | Sequence[str | os.PathLike], *, fmt: str = "auto",
+                box_size: float | None = None, skip_bad: bool = False) -> PickerFiles:
+    """Read every coordinate file of one picker (``source`` as :func:`collect_picker_files`).
+    Topaz files are split by their ``image_name`` column (one file may hold many micrographs);
+    a micrograph given by two files is an error. ``skip_bad``: an unreadable file is recorded in
+    ``errors`` (under its stem) instead of raising."""
+    out = PickerFiles({}, {}, {})
+    origin: dict[str, Path] = {}
+    for stem, path in collect_picker_files(source, fmt=fmt).items():
+        notes: list[str] = []
+        try:
+            if format_of(path, fmt) == "topaz":
+                parts = split_topaz(path, box_size=box_size, notes=notes) or {stem: PickSet.empty()}
+            else:
+                parts = {stem: read_picks(path, fmt=fmt, box_size=box_size, notes=notes)}
+        except (ValueError, OSError) as exc:
+            if not skip_bad:
+                raise
+            out.errors[stem] = str(exc).splitlines()[0]
+            continue
+        for name, picks in parts.items():
+            if name in origin:
+                raise InputError(f"{path} and {origin[name]} both hold micrograph {name!r} for one picker; keep one")
+            origin[name] = path
+            out.picks[name] = picks
+            if notes:
+                out.notes[name] = list(notes)
+    return out
+
+
+def drop_outside(picks: PickSet, shape: tuple[int, int]) -> tuple[PickSet, int]:
+    """The boxes of ``picks`` whose centre lies in an (H, W) micrograph (0 <= x < W, 0 <= y < H),
+    and how many were outside."""
+    h, w = shape
+    x, y = picks.centres[:, 0], picks.centres[:, 1]
+    keep = (x >= 0) & (x < w) & (y >= 0) & (y < h)
+    if keep.all():
+        return picks, 0
+    return PickSet(picks.centres[keep], picks.box_size[keep], picks.scores[keep], picks.has_scores), int((~keep).sum())
+
+
+#: suffixes pickers add to the micrograph stem in their file names (RELION's autopick/manualpick).
+_STEM_SEPARATORS = ("_", "-", ".")
+
+
+def reconcile_stems(stems: Mapping[str, Sequence[str]]) -> tuple[dict[str, dict[str, str]], list[str]]:
+    """Pairing of pickers whose file names carry the micrograph stem plus one suffix
+    (``mic_1_autopick``) with pickers that name files by the stem (``mic_1``).
+
+    ``stems``: picker -> its stems. Returns ``{picker: {file stem: micrograph stem}}`` and one
+    note per renamed picker. A picker is renamed only when none of its stems meets another
+    picker's and every one is another picker's stem plus the same suffix starting with ``_``,
+    ``-`` or ``.``; exact stems otherwise stay the rule."""
+    mapping = {p: {s: s for s in names} for p, names in stems.items()}
+    notes = []
+    for picker, names in stems.items():
+        others = set().union(*(set(v) for p, v in stems.items() if p != picker))
+        if not names or not others or set(names) & others:
+            continue
+        suffixes = set()
+        renamed = {}
+        for s in names:
+            base = max((o for o in others if s.startswith(o) and s[len(o):len(o) + 1] in _STEM_SEPARATORS),
+                       key=len, default=None)
+            if base is None:
+                break
+            suffixes.add(s[len(base):])
+            renamed[s] = base
+        if len(renamed) == len(names) and len(suffixes) == 1:
+            mapping[picker] = renamed
+            notes.append(f"picker {picker!r}: files named <micrograph>{suffixes.pop()} paired to the other "
+                         f"pickers' micrographs ({len(renamed)} files)")
+    return mapping, notes
 
 
 def pair_micrographs(pickers: Mapping[str, Mapping[str, Path]]) -> list[tuple[str, dict[str, Path | None]]]:

@@ -37,32 +37,43 @@ How it is computed (per chunk of images × references):
    interpolated), which is what the brute-force search reproduces.
 
 Memory: the work is cut into chunks of images × references whose temporaries fit
-``memory_bytes`` (estimate in :func:`plan_chunks`); ``mode="best"`` keeps only the running best
-reference per image, so neither mode ever holds N × K × poses.
+``memory_bytes`` (estimate in :func:`plan_chunks`); ``mode="best"`` keeps only the best
+reference per image, so no mode ever holds N × K × poses.
+
+Searching the same images again (every MRA iteration): steps 1–2 depend on the images and the
+shift grid only, so :meth:`AlignOptions.spectra` makes them once (:class:`ShiftedSpectra`) and
+:func:`align` takes them in place of the images. A clustering pass needs the N × K distances but
+the pose of one pair per image only, so ``mode="distances"`` skips step 5's argmax and
+refinement, and :func:`align_pairs` finds the pose against one given reference per image (its
+GEMM has one column, or two with mirrors); ``mode="best"`` does the same for the best reference.
+Both give the pose that ``mode="all"`` finds for that pair.
 """
 
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 
 import torch
 
 from ackmeans_torch.errors import InputError, check_int, check_number
 from ackmeans_torch.ops.fourier import fft2c, frequency_grid, phase_shift
 from ackmeans_torch.ops.polar import (
-    PolarSpectra,
     angular_spectrum,
     check_polar_parameters,
     circular_mask,
     polar_transform,
+    ring_weights,
 )
 from ackmeans_torch.ops.transform import Poses, apply_transform
 
 _METRICS = ("l2", "ncc")
-_MODES = ("all", "best")
+_MODES = ("all", "best", "distances")
 _CPU_MEMORY_BYTES = 32 * 2**20  # small chunks stay in cache: faster on CPU than large ones
 _DEVICE_MEMORY_BYTES = 2 * 2**30
+#: bytes of :class:`ShiftedSpectra` (with their images) a caller keeps between searches of the
+#: same images (``classify/mra.py``: across iterations); 2,000 images of 64 px take 1.6 GB
+SPECTRA_CACHE_BYTES = 2 * 2**30
 
 
 @dataclass(frozen=True)
@@ -141,10 +152,35 @@ class AlignOptions:
             check_int("align.memory_bytes", self.memory_bytes, 1)
         check_int("align.pad", self.pad, 1)
 
-    def align(self, images: torch.Tensor, references: torch.Tensor, *, mask_radius: float,
-              mode: str = "all") -> Alignment | BestAlignment:
+    def align(self, images: torch.Tensor | ShiftedSpectra, references: torch.Tensor, *,
+              mask_radius: float, mode: str = "all") -> Alignment | BestAlignment | torch.Tensor:
         """:func:`align` with these options."""
         return align(images, references, mask_radius=mask_radius, mode=mode, **asdict(self))
+
+    def align_pairs(self, images: torch.Tensor | ShiftedSpectra, references: torch.Tensor,
+                    labels: torch.Tensor, *, mask_radius: float) -> Poses:
+        """:func:`align_pairs` with these options."""
+        return align_pairs(images, references, labels, self, mask_radius=mask_radius)
+
+    def spectra_nbytes(self, box_size: int, n_images: int, *, itemsize: int = 4) -> int:
+        """Bytes of the :class:`ShiftedSpectra` of ``n_images`` images of ``box_size`` px."""
+        n_radii = (box_size // 2 - 1 if self.max_radius is None else self.max_radius) + 1
+        n_shifts = shift_grid(self.max_shift, self.shift_step).shape[0]
+        return n_images * ((self.n_angles // 2 + 1) * n_shifts * 2 * n_radii + 1) * itemsize
+
+    def spectra(self, images: torch.Tensor, *, mask_radius: float) -> ShiftedSpectra:
+        """The :class:`ShiftedSpectra` of ``images (N, L, L)`` for searches with these options
+        and ``mask_radius`` (the same any number of times: :func:`align` accepts them in place of
+        the images)."""
+        setup = _Search(images, None, mask_radius=mask_radius, mode="distances", **asdict(self))
+        n_radii = setup.weights.shape[0]
+        freqs, n_shifts = self.n_angles // 2 + 1, setup.sampling.shifts.shape[0]
+        lhs = images.new_empty((freqs, len(images), n_shifts, n_radii), dtype=setup.ramps.dtype)
+        norm2 = images.new_empty(len(images))
+        for start, _, part in setup.chunks(images, out=lhs):
+            norm2[start : start + len(part)] = part
+        return ShiftedSpectra(lhs=torch.view_as_real(lhs).view(freqs, -1, 2 * n_radii),
+                              norm2=norm2, search=setup.key, box_size=images.shape[-1])
 
 
 def shift_grid(max_shift: float, shift_step: float, *, device=None, dtype=torch.float32) -> torch.Tensor:
@@ -214,15 +250,15 @@ class _Sampling:
     twiddle: torch.Tensor  # (M/2,) exp(-2πi m / M), for the odd angular frequencies (_correlate)
 
 
-def _shift_ramps(polar: PolarSpectra, shifts: torch.Tensor) -> torch.Tensor:
-    """``(T, R, M/2)`` phase ramps ``exp(+2πi k·t)`` on the half-circle polar grid: multiplying an
-    image's samples by ramp t shifts the image content by ``−t`` (``ops.fourier`` convention)."""
-    half = polar.values.shape[-1]
-    real = polar.weights.dtype
-    theta = torch.arange(half, device=shifts.device, dtype=real) * (2 * math.pi / polar.n_angles)
-    kx = polar.radii[:, None] * torch.cos(theta)[None] / polar.box_size  # cycles/px
-    ky = polar.radii[:, None] * torch.sin(theta)[None] / polar.box_size
-    phase = 2 * math.pi * (kx[None] * shifts[:, 0, None, None] + ky[None] * shifts[:, 1, None, None])
+def _shift_ramps(n_radii: int, n_angles: int, box_size: int, shifts: torch.Tensor) -> torch.Tensor:
+    """``(M/2, T, R)`` phase ramps ``exp(+2πi k·t)`` on the half-circle polar grid, angle first
+    (:func:`_half_spectra`): multiplying an image's samples by ramp t shifts the image content by
+    ``−t`` (``ops.fourier`` convention)."""
+    theta = torch.arange(n_angles // 2, device=shifts.device, dtype=shifts.dtype) * (2 * math.pi / n_angles)
+    radii = torch.arange(n_radii, device=shifts.device, dtype=shifts.dtype)
+    kx = torch.cos(theta)[:, None] * radii[None] / box_size  # (M/2, R) cycles/px
+    ky = torch.sin(theta)[:, None] * radii[None] / box_size
+    phase = 2 * math.pi * (kx[:, None] * shifts[None, :, 0, None] + ky[:, None] * shifts[None, :, 1, None])
     return torch.polar(torch.ones_like(phase), phase)
 
 
@@ -236,14 +272,21 @@ def _even_odd_order(operand: torch.Tensor) -> torch.Tensor:
     return torch.cat([2 * operand[0::2], 2j * operand[1::2]])
 
 
-def _half_spectra(values: torch.Tensor, twiddle: torch.Tensor, out: torch.Tensor) -> torch.Tensor:
-    """Full-circle angular spectrum of half-circle samples ``values (..., M/2)`` in even-odd order
-    and without the factors 2 and 2i (:func:`_even_odd_order`, which puts them on the references),
-    written into ``out (..., M/2 + 1)`` (any strides, so that the GEMM layout is written at once):
-    ``[rfft(Re v), fft(Im v · twiddle)[: number of odd n ≤ M/2]]``. Returns ``out``."""
-    n_even = values.shape[-1] // 2 + 1
-    out[..., :n_even] = torch.fft.rfft(values.real, dim=-1)
-    out[..., n_even:] = torch.fft.fft(values.imag * twiddle, dim=-1)[..., : out.shape[-1] - n_even]
+def _half_spectra(values: torch.Tensor, ramps: torch.Tensor, twiddle: torch.Tensor,
+                  out: torch.Tensor) -> torch.Tensor:
+    """Full-circle angular spectra of half-circle samples ``values (B, R, M/2)`` shifted by every
+    ``ramps (M/2, T, R)`` (:func:`_shift_ramps`), in even-odd order and without the factors 2 and
+    2i (:func:`_even_odd_order`, which puts them on the references), written into ``out (M/2 + 1,
+    B, T, R)`` complex, the GEMM layout: ``[rfft(Re v), fft(Im v · twiddle)[: number of odd n ≤
+    M/2]]``. The angle axis is the outermost one throughout, so both FFTs (along it) write their
+    frequencies as contiguous slabs of ``out`` (measured 2× faster than FFTs along the last axis
+    and a transposing copy). Returns ``out``."""
+    half = values.shape[-1]
+    shifted = values.new_empty((half, values.shape[0], *ramps.shape[1:]))  # (M/2, B, T, R)
+    shifted = torch.view_as_real(torch.mul(values.permute(2, 0, 1)[:, :, None], ramps[:, None], out=shifted))
+    n_even = half // 2 + 1
+    out[:n_even] = torch.fft.rfft(shifted[..., 0], dim=0)
+    out[n_even:] = torch.fft.fft(shifted[..., 1] * twiddle[:, None, None, None], dim=0)[: out.shape[0] - n_even]
     return out
 
 
@@ -267,32 +310,49 @@ def _real_operand(operand: torch.Tensor) -> torch.Tensor:
     return blocks.reshape(operand.shape[0], 2 * operand.shape[1], 2 * operand.shape[2])
 
 
-def _correlate(
-    image_values: torch.Tensor,
-    ramps: torch.Tensor,
-    real_operand: torch.Tensor,
-    sampling: _Sampling,
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Best correlation of a chunk of B images (half-circle samples ``(B, R, M/2)``), shifted by
-    the ``ramps (T, R, M/2)`` (:func:`_shift_ramps`), against C columns (weighted conjugate angular
-    spectra of references, and of their mirrors) given in even-odd frequency order
-    (:func:`_even_odd_order`) as ``real_operand (M/2+1, 2R, 2C)`` (:func:`_real_operand`).
-    Returns ``(corr (B, C), angle (B, C) rad, shift (B, C, 2) px)``.
+def _correlation(lhs: torch.Tensor, real_operand: torch.Tensor, sampling: _Sampling) -> torch.Tensor:
+    """Correlation ``(B, T, C, M)`` at every grid shift and angle of a chunk of B images, given as
+    their shifted angular spectra ``lhs (M/2+1, B·T, 2R)`` (:func:`_image_side`), against C
+    columns (weighted conjugate angular spectra of references, and of their mirrors) given in
+    even-odd frequency order (:func:`_even_odd_order`) as ``real_operand (M/2+1, 2R, 2C)``
+    (:func:`_real_operand`).
 
-    Layout choices (measured on the 2-core bench CPU, one thread): angular spectra from two FFTs of
-    length M/2 (:func:`_half_spectra`); the GEMM as one real ``bmm`` over frequencies; its output
-    reordered so that the ``irfft`` runs along the contiguous last axis (2–3× faster than along
-    the strided frequency axis)."""
-    n_images, n_radii, _ = image_values.shape
-    n_shifts, n_angles = ramps.shape[0], sampling.n_angles
-    freqs = n_angles // 2 + 1
-    lhs = image_values.new_empty((freqs, n_images, n_shifts, n_radii))  # GEMM layout, even-odd order
-    _half_spectra(image_values[:, None] * ramps[None], sampling.twiddle, lhs.permute(1, 2, 3, 0))
-    product = torch.bmm(torch.view_as_real(lhs).view(freqs, n_images * n_shifts, 2 * n_radii), real_operand)
+    Layout choices (measured on the 2-core bench CPU, one thread): the GEMM as one real ``bmm``
+    over frequencies; its output reordered so that the ``irfft`` runs along the contiguous last
+    axis (2–3× faster than along the strided frequency axis)."""
+    freqs, rows, _ = lhs.shape
+    n_shifts, n_angles = sampling.shifts.shape[0], sampling.n_angles
     cols = real_operand.shape[-1] // 2
-    product = torch.view_as_complex(product.view(freqs, n_images * n_shifts, cols, 2)).permute(1, 2, 0)
+    product = torch.bmm(lhs, real_operand)
+    product = torch.view_as_complex(product.view(freqs, rows, cols, 2)).permute(1, 2, 0)
     corr = torch.fft.irfft(_natural_order(product), n=n_angles, dim=-1)  # (B·T, C, M)
-    corr = corr.view(n_images, n_shifts, cols, n_angles)
+    return corr.view(rows // n_shifts, n_shifts, cols, n_angles)
+
+
+def _pair_correlation(lhs: torch.Tensor, pair_operand: torch.Tensor, labels: torch.Tensor,
+                      sampling: _Sampling) -> torch.Tensor:
+    """:func:`_correlation` of each image of the chunk against its own reference only:
+    ``pair_operand (M/2+1, K, 2R, 2c)`` holds each reference's ``c`` columns (itself, and its
+    mirror), ``labels (B,)`` picks one per image → ``(B, T, c, M)``."""
+    freqs, rows, width = lhs.shape
+    n_shifts, n_angles = sampling.shifts.shape[0], sampling.n_angles
+    n_images, cols = rows // n_shifts, pair_operand.shape[-1] // 2
+    operand = pair_operand[:, labels]  # (F, B, 2R, 2c)
+    product = lhs.new_empty((freqs, n_images, n_shifts, 2 * cols))
+    # per frequency, a batch of B small GEMMs (T × 2R) · (2R × 2c) on views of ``lhs`` (a slice of
+    # kept spectra: one matmul over (F, B) would copy it)
+    for f in range(freqs):
+        torch.bmm(lhs[f].view(n_images, n_shifts, width), operand[f], out=product[f])
+    product = torch.view_as_complex(product.view(freqs, n_images, n_shifts, cols, 2))
+    corr = torch.fft.irfft(_natural_order(product.permute(1, 2, 3, 0)), n=n_angles, dim=-1)
+    return corr  # (B, T, c, M)
+
+
+def _peaks(corr: torch.Tensor, sampling: _Sampling) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Best correlation of each image × column of ``corr (B, T, C, M)`` over shifts and angles,
+    and its pose: ``(corr (B, C), angle (B, C) rad, shift (B, C, 2) px)`` (module docstring,
+    step 5; refined when ``sampling.refine``)."""
+    n_images, n_shifts, cols, n_angles = corr.shape
     best, t_idx = corr.amax(dim=-1).max(dim=1)  # (B, C): max over angles, then shifts
     at_t = corr.gather(1, t_idx.view(n_images, 1, cols, 1).expand(-1, -1, -1, n_angles)).squeeze(1)
     m_idx = at_t.argmax(dim=-1)  # (B, C)
@@ -357,8 +417,145 @@ def _prepare(images, references, *, metric, mode, n_angles, max_radius, mask_rad
     return references.to(images.dtype), max_radius, mask_radius, shifts
 
 
+@dataclass(frozen=True)
+class ShiftedSpectra:
+    """The image side of a search (module docstring, steps 1–2), made once for images that are
+    aligned many times (the images and the shift grid do not change between MRA iterations):
+    ``lhs (M/2+1, N·T, 2R)`` real, each image's polar samples shifted by every grid shift, as
+    angular spectra in the GEMM layout (``(M/2+1)·T·2R`` values per image: 815 KB for a 64 px
+    image at the default sampling in float32), and their squared norms ``norm2 (N,)``.
+    ``search`` holds the parameters they were made with; :func:`align` refuses them for another
+    search. Made by :meth:`AlignOptions.spectra`."""
+
+    lhs: torch.Tensor
+    norm2: torch.Tensor
+    search: tuple
+    box_size: int
+
+    def __len__(self) -> int:
+        return self.norm2.shape[0]
+
+    @property
+    def nbytes(self) -> int:
+        """Bytes held."""
+        return self.lhs.numel() * self.lhs.element_size() + self.norm2.numel() * self.norm2.element_size()
+
+
+class _Search:
+    """What a search needs besides the images, made once per call: the sampling, the shift ramps,
+    the ring weights, the reference operands and the chunk plan (``references`` None: the image
+    side only, for :meth:`AlignOptions.spectra`)."""
+
+    def __init__(self, images: torch.Tensor | ShiftedSpectra, references: torch.Tensor | None, *,
+                 n_angles, max_shift, shift_step, mirror, mask_radius, max_radius, metric, refine,
+                 memory_bytes, mode, pad) -> None:
+        # given spectra, an empty image of their box, dtype and device stands for the images
+        probe = images.norm2.new_empty((1, images.box_size, images.box_size)) \
+            if isinstance(images, ShiftedSpectra) else images
+        size = probe.shape[-1]
+        refs, max_radius, mask_radius, shifts = _prepare(
+            probe, probe if references is None else references, metric=metric, mode=mode, n_angles=n_angles,
+            max_radius=max_radius, mask_radius=mask_radius, max_shift=max_shift,
+            shift_step=shift_step)
+        self.key = (size, str(probe.dtype), n_angles, max_radius, mask_radius, pad,
+                    tuple(shifts.flatten().tolist()), metric)
+        if isinstance(images, ShiftedSpectra) and images.search != self.key:
+            raise InputError("these ShiftedSpectra were made for another search (sampling, mask or "
+                             "metric); make them with the same AlignOptions and mask_radius")
+        device, real = probe.device, probe.dtype
+        self.metric, self.mirror, self.mode = metric, mirror, mode
+        self.polar_kwargs = dict(n_angles=n_angles, max_radius=max_radius, mask_radius=mask_radius, pad=pad)
+        n_radii = max_radius + 1
+        self.weights = ring_weights(n_radii, n_angles, size, device=device, dtype=real)
+        if metric == "ncc":
+            self.weights[0] = 0  # the zero frequency (mean) takes no part in NCC
+        twiddle = torch.polar(torch.ones(n_angles // 2, device=device, dtype=real),
+                              torch.arange(n_angles // 2, device=device, dtype=real) * (-2 * math.pi / n_angles))
+        self.sampling = _Sampling(n_angles, shifts, int(round(math.sqrt(shifts.shape[0]))),
+                                  float(shift_step), refine, twiddle)
+        self.ramps = _shift_ramps(n_radii, n_angles, size, shifts)
+        if memory_bytes is None:
+            memory_bytes = _CPU_MEMORY_BYTES if device.type == "cpu" else _DEVICE_MEMORY_BYTES
+        self.columns = 2 if mirror else 1
+        self.chunk_images, self.chunk_refs = plan_chunks(
+            n_radii=n_radii, n_angles=n_angles, n_shifts=shifts.shape[0],
+            n_references=1 if references is None else refs.shape[0],
+            columns_per_reference=self.columns, itemsize=probe.element_size(),
+            memory_bytes=memory_bytes, refine=refine and mode == "all")
+        # the polar transform runs on larger blocks than the GEMM chunks: it is cheap per image but
+        # pays a fixed cost per call (padded FFT of 4·(pad·L)² bytes per image and complex element)
+        self.polar_block = max(self.chunk_images, min(1024, memory_bytes // (4 * (pad * size) ** 2 * 2 * probe.element_size())))
+        # a kept chunk of spectra against one reference each: the GEMM output twice (complex),
+        # the correlation and the refinement's temporaries, and each image's reference operand
+        freqs, itemsize = n_angles // 2 + 1, probe.element_size()
+        per_pair = self.columns * (shifts.shape[0] * (4 * freqs + n_angles) + 3 * n_angles
+                                   + freqs * 4 * n_radii) * itemsize
+        self.pair_chunk = max(1, memory_bytes // per_pair)
+        if references is None:
+            return
+        ref_polar = polar_transform(refs, **self.polar_kwargs)
+        self.ref_norm2 = 2 * ((ref_polar.values.abs() ** 2).sum(-1) * self.weights).sum(-1)  # (K,)
+        self.operand = (angular_spectrum(ref_polar.values).conj() * self.weights[:, None]).permute(2, 1, 0).contiguous()  # (F, R, K)
+        # the real GEMM operand of each reference chunk is built once, not once per image chunk
+        self.real_parts = [
+            _real_operand(_even_odd_order(torch.cat([part, part.conj()], dim=-1) if mirror else part))
+            for part in self.operand.split(self.chunk_refs, dim=-1)
+        ]
+
+    def pair_operand(self) -> torch.Tensor:
+        """``(M/2+1, K, 2R, 2c)``: each reference's columns (itself, then its mirror), for
+        :func:`_pair_correlation`."""
+        columns = torch.stack([self.operand, self.operand.conj()], dim=-1) if self.mirror \
+            else self.operand[..., None]  # (F, R, K, c)
+        freqs, n_radii, k, c = columns.shape
+        real = _real_operand(_even_odd_order(columns.reshape(freqs, n_radii, k * c)))
+        return real.view(freqs, 2 * n_radii, k, 2 * c).permute(0, 2, 1, 3).contiguous()
+
+    def chunks(self, images: torch.Tensor | ShiftedSpectra, out: torch.Tensor | None = None, *,
+               pairs: bool = False):
+        """Yield ``(start, lhs (M/2+1, B·T, 2R), norm2 (B,))`` per chunk of ``chunk_images``
+        images: views of given :class:`ShiftedSpectra` (chunks of ``pair_chunk`` images with
+        ``pairs``), or made from ``images`` (into ``out (M/2+1, N, T, R)`` complex when given,
+        else into a new tensor per chunk)."""
+        n_shifts = self.sampling.shifts.shape[0]
+        if isinstance(images, ShiftedSpectra):
+            step = self.pair_chunk if pairs else self.chunk_images
+            for start in range(0, len(images), step):
+                stop = min(len(images), start + step)
+                yield start, images.lhs[:, start * n_shifts : stop * n_shifts], images.norm2[start:stop]
+            return
+        freqs = self.sampling.n_angles // 2 + 1
+        for block_start in range(0, images.shape[0], self.polar_block):
+            block = polar_transform(images[block_start : block_start + self.polar_block], **self.polar_kwargs)
+            block_norm2 = 2 * ((block.values.abs() ** 2).sum(-1) * self.weights).sum(-1)
+            n_radii = block.values.shape[1]
+            for start in range(0, block.values.shape[0], self.chunk_images):
+                values = block.values[start : start + self.chunk_images]
+                first = block_start + start
+                lhs = values.new_empty((freqs, values.shape[0], n_shifts, n_radii)) if out is None \
+                    else out[:, first : first + values.shape[0]]
+                _half_spectra(values, self.ramps, self.sampling.twiddle, lhs)
+                yield first, torch.view_as_real(lhs).view(freqs, -1, 2 * n_radii), block_norm2[start : start + self.chunk_images]
+
+    def distance(self, corr: torch.Tensor, x_norm2: torch.Tensor, r_norm2: torch.Tensor) -> torch.Tensor:
+        """Aligned distances ``(B, C)`` from the best correlations ``corr (B, C)``."""
+        if self.metric == "l2":
+            return x_norm2[:, None] + r_norm2 - 2 * corr
+        tiny = torch.finfo(corr.dtype).tiny
+        return 1 - corr / torch.sqrt(x_norm2[:, None] * r_norm2).clamp_min(tiny)
+
+    def pair_poses(self, lhs: torch.Tensor, x_norm2: torch.Tensor, pair_operand: torch.Tensor,
+                   labels: torch.Tensor) -> Poses:
+        """Each image's pose and distance against reference ``labels (B,)`` only."""
+        corr, angle, shift = _peaks(_pair_correlation(lhs, pair_operand, labels, self.sampling), self.sampling)
+        dist = self.distance(corr, x_norm2, self.ref_norm2[labels, None])  # (B, c)
+        dist, pick = dist.min(dim=1)  # c = 2: the better of the reference and its mirror
+        rows = torch.arange(len(labels), device=labels.device)
+        return Poses(angle=angle[rows, pick], shift=shift[rows, pick], mirror=pick.bool(), distance=dist)
+
+
 def align(
-    images: torch.Tensor,
+    images: torch.Tensor | ShiftedSpectra,
     references: torch.Tensor,
     *,
     n_angles: int = 128,
@@ -372,103 +569,88 @@ def align(
     memory_bytes: int | None = None,
     mode: str = "all",
     pad: int = 2,
-) -> Alignment | BestAlignment:
-    """Align every image ``(N, L, L)`` to every reference ``(K, L, L)`` (module docstring).
+) -> Alignment | BestAlignment | torch.Tensor:
+    """Align every image ``(N, L, L)`` (or their :class:`ShiftedSpectra`) to every reference
+    ``(K, L, L)`` (module docstring).
 
     Sampling: ``n_angles`` M on the full circle (even), shifts ``±max_shift`` px in steps of
     ``shift_step`` px on x and y, mirrors when ``mirror``. Band and mask: ``max_radius`` Fourier px
     and ``mask_radius`` px (defaults ``L // 2 - 1``; ``ops.polar.polar_transform``, ``pad``).
     ``memory_bytes`` bounds the chunk temporaries (default 32 MiB on CPU, where cache-sized chunks
     are fastest, 2 GiB on other devices). Runs on the images' device in their precision
-    (references are cast to it). ``mode="all"`` → :class:`Alignment`; ``"best"`` →
-    :class:`BestAlignment` (ties go to the lower reference index).
+    (references are cast to it). ``mode="all"`` → :class:`Alignment` (every pair's pose);
+    ``"best"`` → :class:`BestAlignment` (ties go to the lower reference index; only the best
+    pair's pose is refined); ``"distances"`` → the ``(N, K)`` distances alone (no pose).
     """
-    references, max_radius, mask_radius, shifts = _prepare(
-        images, references, metric=metric, mode=mode, n_angles=n_angles, max_radius=max_radius,
-        mask_radius=mask_radius, max_shift=max_shift, shift_step=shift_step)
-    device, real = images.device, images.dtype
-    n, k, size = images.shape[0], references.shape[0], images.shape[-1]
-    axis_len = int(round(math.sqrt(shifts.shape[0])))
-    if memory_bytes is None:
-        memory_bytes = _CPU_MEMORY_BYTES if device.type == "cpu" else _DEVICE_MEMORY_BYTES
-    polar_kwargs = dict(n_angles=n_angles, max_radius=max_radius, mask_radius=mask_radius, pad=pad)
-
-    refs = polar_transform(references, **polar_kwargs)
-    weights = refs.weights.clone()
-    if metric == "ncc":
-        weights[0] = 0  # the zero frequency (mean) takes no part in NCC
-    ref_norm2 = 2 * ((refs.values.abs() ** 2).sum(-1) * weights).sum(-1)  # (K,)
-    operand = (angular_spectrum(refs.values).conj() * weights[:, None]).permute(2, 1, 0).contiguous()  # (F, R, K)
-    ramps = _shift_ramps(refs, shifts)
-    twiddle = torch.polar(torch.ones(n_angles // 2, device=device, dtype=real),
-                          torch.arange(n_angles // 2, device=device, dtype=real) * (-2 * math.pi / n_angles))
-    sampling = _Sampling(n_angles, shifts, axis_len, float(shift_step), refine, twiddle)
-    columns = 2 if mirror else 1
-    chunk_images, chunk_refs = plan_chunks(
-        n_radii=max_radius + 1, n_angles=n_angles, n_shifts=shifts.shape[0], n_references=k,
-        columns_per_reference=columns, itemsize=images.element_size(), memory_bytes=memory_bytes,
-        refine=refine,
-    )
-    # the polar transform runs on larger blocks than the GEMM chunks: it is cheap per image but
-    # pays a fixed cost per call (padded FFT of 4·(pad·L)² bytes per image and complex element)
-    polar_block = max(chunk_images, min(1024, memory_bytes // (4 * (pad * size) ** 2 * 2 * images.element_size())))
-    # the real GEMM operand of each reference chunk is built once, not once per image chunk
-    real_parts = [
-        _real_operand(_even_odd_order(torch.cat([part, part.conj()], dim=-1) if mirror else part))
-        for part in operand.split(chunk_refs, dim=-1)
-    ]
-
+    search = _Search(images, references, n_angles=n_angles, max_shift=max_shift,
+                     shift_step=shift_step, mirror=mirror, mask_radius=mask_radius,
+                     max_radius=max_radius, metric=metric, refine=refine,
+                     memory_bytes=memory_bytes, mode=mode, pad=pad)
+    n, k = len(images), references.shape[0]
+    like, columns, chunk_refs = search.ref_norm2, search.columns, search.chunk_refs
+    device = like.device
+    distances = like.new_empty((n, k))
     if mode == "all":
-        distances = images.new_empty((n, k))
-        angles = images.new_empty((n, k))
-        shifts_out = images.new_empty((n, k, 2))
+        angles = like.new_empty((n, k))
+        shifts_out = like.new_empty((n, k, 2))
         mirrors = torch.zeros((n, k), dtype=torch.bool, device=device)
-    else:
-        best_ref = torch.zeros(n, dtype=torch.long, device=device)
-        best_dist = images.new_full((n,), math.inf)
-        best_angle = images.new_zeros(n)
-        best_shift = images.new_zeros((n, 2))
-        best_mirror = torch.zeros(n, dtype=torch.bool, device=device)
+    elif mode == "best":
+        poses = Poses.zeros(n, device=device, dtype=like.dtype)
+        pair_operand = search.pair_operand()
 
-    for block_start in range(0, n, polar_block):
-        block = polar_transform(images[block_start : block_start + polar_block], **polar_kwargs)
-        block_norm2 = 2 * ((block.values.abs() ** 2).sum(-1) * weights).sum(-1)
-        for start in range(0, block.values.shape[0], chunk_images):
-            values = block.values[start : start + chunk_images]
-            x_norm2 = block_norm2[start : start + chunk_images]
-            rows = slice(block_start + start, block_start + start + values.shape[0])
-            for k0 in range(0, k, chunk_refs):
-                kc = min(chunk_refs, k - k0)
-                corr, angle, shift = _correlate(values, ramps, real_parts[k0 // chunk_refs], sampling)
-                r_norm2 = ref_norm2[k0 : k0 + kc].repeat(columns)
-                if metric == "l2":
-                    dist = x_norm2[:, None] + r_norm2[None] - 2 * corr
-                else:
-                    dist = 1 - corr / torch.sqrt(x_norm2[:, None] * r_norm2[None]).clamp_min(torch.finfo(real).tiny)
-                is_mirror = torch.zeros_like(dist, dtype=torch.bool)
-                if mirror:  # columns [refs, mirrored refs] → the better of the two per reference
-                    dist, pick = dist.view(-1, 2, kc).min(dim=1)
-                    angle = angle.view(-1, 2, kc).gather(1, pick[:, None]).squeeze(1)
-                    shift = shift.view(-1, 2, kc, 2).gather(1, pick[:, None, :, None].expand(-1, 1, -1, 2)).squeeze(1)
-                    is_mirror = pick.bool()
-                if mode == "all":
-                    distances[rows, k0 : k0 + kc] = dist
-                    angles[rows, k0 : k0 + kc] = angle
-                    shifts_out[rows, k0 : k0 + kc] = shift
-                    mirrors[rows, k0 : k0 + kc] = is_mirror
-                    continue
-                chunk_best, j = dist.min(dim=1)
-                better = chunk_best < best_dist[rows]
-                best_dist[rows] = torch.where(better, chunk_best, best_dist[rows])
-                best_ref[rows] = torch.where(better, j + k0, best_ref[rows])
-                best_angle[rows] = torch.where(better, angle.gather(1, j[:, None])[:, 0], best_angle[rows])
-                chosen_shift = shift.gather(1, j[:, None, None].expand(-1, 1, 2))[:, 0]
-                best_shift[rows] = torch.where(better[:, None], chosen_shift, best_shift[rows])
-                best_mirror[rows] = torch.where(better, is_mirror.gather(1, j[:, None])[:, 0], best_mirror[rows])
+    for start, lhs, x_norm2 in search.chunks(images):
+        rows = slice(start, start + x_norm2.shape[0])
+        for k0 in range(0, k, chunk_refs):
+            kc = min(chunk_refs, k - k0)
+            corr = _correlation(lhs, search.real_parts[k0 // chunk_refs], search.sampling)
+            r_norm2 = search.ref_norm2[k0 : k0 + kc].repeat(columns)
+            if mode != "all":
+                dist = search.distance(corr.amax(dim=-1).amax(dim=1), x_norm2, r_norm2)
+                distances[rows, k0 : k0 + kc] = dist.view(-1, columns, kc).amin(dim=1)
+                continue
+            best, angle, shift = _peaks(corr, search.sampling)
+            dist = search.distance(best, x_norm2, r_norm2)
+            is_mirror = torch.zeros_like(dist, dtype=torch.bool)
+            if mirror:  # columns [refs, mirrored refs] → the better of the two per reference
+                dist, pick = dist.view(-1, 2, kc).min(dim=1)
+                angle = angle.view(-1, 2, kc).gather(1, pick[:, None]).squeeze(1)
+                shift = shift.view(-1, 2, kc, 2).gather(1, pick[:, None, :, None].expand(-1, 1, -1, 2)).squeeze(1)
+                is_mirror = pick.bool()
+            distances[rows, k0 : k0 + kc] = dist
+            angles[rows, k0 : k0 + kc] = angle
+            shifts_out[rows, k0 : k0 + kc] = shift
+            mirrors[rows, k0 : k0 + kc] = is_mirror
+        if mode == "best":  # the distances of this chunk are complete: pose of the best pair only
+            best_dist, best_ref = distances[rows].min(dim=1)
+            found = search.pair_poses(lhs, x_norm2, pair_operand, best_ref)
+            poses.put(torch.arange(rows.start, rows.stop, device=device),
+                      replace(found, distance=best_dist))
 
     if mode == "all":
         return Alignment(distances=distances, angle=angles, shift=shifts_out, mirror=mirrors)
-    return BestAlignment(reference=best_ref, distance=best_dist, angle=best_angle, shift=best_shift, mirror=best_mirror)
+    if mode == "best":
+        return BestAlignment(reference=distances.argmin(dim=1), distance=poses.distance,
+                             angle=poses.angle, shift=poses.shift, mirror=poses.mirror)
+    return distances
+
+
+def align_pairs(images: torch.Tensor | ShiftedSpectra, references: torch.Tensor,
+                labels: torch.Tensor, search: AlignOptions, *, mask_radius: float | None = None) -> Poses:
+    """The pose and distance of each image ``(N, L, L)`` (or their :class:`ShiftedSpectra`)
+    against its own reference ``references[labels[i]]`` only (``labels (N,)`` int64): the pose
+    :func:`align` ``mode="all"`` finds for that pair, at ``1/K`` of the references' cost."""
+    labels = labels.to(torch.long)
+    if labels.shape != (len(images),):
+        raise InputError(f"labels must have shape ({len(images)},), got {tuple(labels.shape)}")
+    if len(labels) and not 0 <= int(labels.min()) <= int(labels.max()) < references.shape[0]:
+        raise InputError(f"labels must be in [0, {references.shape[0]}) (one per image)")
+    setup = _Search(images, references, mask_radius=mask_radius, mode="best", **asdict(search))
+    pair_operand = setup.pair_operand()
+    poses = Poses.zeros(len(images), device=setup.ref_norm2.device, dtype=setup.ref_norm2.dtype)
+    for start, lhs, x_norm2 in setup.chunks(images, pairs=True):
+        rows = torch.arange(start, start + x_norm2.shape[0], device=labels.device)
+        poses.put(rows, setup.pair_poses(lhs, x_norm2, pair_operand, labels[rows]))
+    return poses
 
 
 def align_brute_force(images: torch.Tensor, references: torch.Tensor, search: AlignOptions, *,

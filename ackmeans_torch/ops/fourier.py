@@ -17,6 +17,7 @@ indexed ``(z, y, x)``; shifts ``(..., 2)`` as ``(x, y)`` broadcast against the l
 
 from __future__ import annotations
 
+import numpy as np
 import torch
 
 from ackmeans_torch.errors import InputError
@@ -149,3 +150,41 @@ def fsc(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     cross = shell_sum((spec_a * spec_b.conj()).real)
     power = shell_sum(spec_a.abs() ** 2) * shell_sum(spec_b.abs() ** 2)
     return torch.where(power > 0, cross / power.clamp_min(1e-300).sqrt(), torch.zeros_like(cross))
+
+
+#: the half-map FSC (or half-set FRC) threshold of a resolution estimate (Rosenthal & Henderson)
+GOLD_STANDARD_THRESHOLD = 0.143
+#: the resolution (Å) reported where there is none (RELION's 999)
+NO_RESOLUTION = 999.0
+
+
+def resolution_at(curves, *, box_size: int, pixel_size: float,
+                  threshold: float = GOLD_STANDARD_THRESHOLD):
+    """Resolution (Å) of FSC/FRC curves ``(..., S)`` (shell s = s / (L·px) Å⁻¹): the last shell
+    before the curve first drops below ``threshold`` (the DC shell 0 is not looked at); Nyquist
+    when it never does. A NumPy array (or float) shaped like ``curves`` without its last axis."""
+    curves = np.asarray(curves, dtype=np.float64)
+    below = curves[..., 1:] < threshold
+    last_good = np.where(below.any(-1), below.argmax(-1), curves.shape[-1] - 1)
+    return box_size * pixel_size / np.maximum(last_good, 1)
+
+
+def shell_index(size: int, ndim: int, *, device=None) -> torch.Tensor:
+    """``(L,)*ndim`` int64 shell (radius in 1/L units, rounded) of each centred frequency: the
+    shells of :func:`fsc`."""
+    axis = (torch.arange(size, device=device, dtype=torch.float64) - size // 2) ** 2
+    radius2 = axis
+    for _ in range(ndim - 1):
+        radius2 = radius2[..., None] + axis
+    return radius2.sqrt().round().long()
+
+
+def filter_shells(volume: torch.Tensor, gains: torch.Tensor) -> torch.Tensor:
+    """``volume (..., L, L, L)`` with every Fourier shell s of :func:`shell_index` multiplied by
+    ``gains[s]`` (``(S,)``; shells beyond S are zeroed): an FSC weighting or a low-pass."""
+    size = volume.shape[-1]
+    shells = shell_index(size, 3, device=volume.device)
+    table = torch.zeros(int(shells.max()) + 1, dtype=torch.float32, device=volume.device)
+    n = min(len(gains), len(table))
+    table[:n] = gains[:n].to(device=volume.device, dtype=torch.float32)
+    return ifftnc(fftnc(volume, 3) * table[shells], 3).real.to(volume.dtype)

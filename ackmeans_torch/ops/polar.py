@@ -98,6 +98,20 @@ def circular_mask(
     return torch.sin(ramp * (math.pi / 2)) ** 2
 
 
+def spherical_mask(size: int, radius: float, *, centre=None, soft_edge: float = 2.0, device=None
+                   ) -> torch.Tensor:
+    """``(L, L, L)`` float32 mask (z, y, x), the 3D :func:`circular_mask`: 1 within
+    ``radius − soft_edge`` px of ``centre (3,)`` (x, y, z px from voxel ``L // 2``; None: that
+    voxel), a raised-cosine fall to 0 at ``radius``, 0 beyond."""
+    axis = torch.arange(size, dtype=torch.float32, device=device) - size // 2
+    cx, cy, cz = (0.0, 0.0, 0.0) if centre is None else (float(c) for c in centre)
+    dist = torch.sqrt((axis[None, None, :] - cx) ** 2 + (axis[None, :, None] - cy) ** 2
+                      + (axis[:, None, None] - cz) ** 2)
+    if soft_edge <= 0:
+        return (dist <= radius).to(torch.float32)
+    return torch.sin(((radius - dist) / soft_edge).clamp(0, 1) * (math.pi / 2)) ** 2
+
+
 def check_polar_parameters(
     box_size: int, *, n_angles: int, max_radius: int | None, mask_radius: float | None
 ) -> tuple[int, float]:

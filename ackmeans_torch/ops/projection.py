@@ -60,25 +60,31 @@ class FourierProjector:
 
     ``FourierProjector(volume, padding=2)``; ``spectra(rotations, shifts)`` gives centred 2D
     spectra ``(B, L, L)`` complex (for CTF multiplication before the inverse FFT), ``__call__``
-    gives real images ``(B, L, L)``.
+    gives real images ``(B, L, L)``. A stack of K volumes ``(K, L, L, L)`` is held as one
+    multi-channel grid, so :meth:`sample` interpolates all K at the same slice coordinates in one
+    pass (3D classification compares each particle with every class's projection).
     """
 
     def __init__(self, volume: torch.Tensor, *, padding: int = 2) -> None:
-        if volume.ndim != 3 or len(set(volume.shape)) != 1:
-            raise InputError(f"volume must be a cube (L, L, L), got {tuple(volume.shape)}")
+        if volume.ndim not in (3, 4) or len(set(volume.shape[-3:])) != 1:
+            raise InputError(f"volume must be a cube (L, L, L) or a stack of cubes (K, L, L, L), "
+                             f"got {tuple(volume.shape)}")
         if padding < 1:
             raise InputError(f"padding={padding} must be >= 1")
-        self.box_size = size = volume.shape[-1]
+        volumes = volume[None] if volume.ndim == 3 else volume
+        self.n_volumes = volumes.shape[0]
+        self.box_size = size = volumes.shape[-1]
         self.padding = padding
         padded_size = padding * size
-        vol = volume.to(torch.float32)
+        vol = volumes.to(torch.float32)
         vol = vol / trilinear_kernel_transform(size, padding, device=vol.device)
-        padded = vol.new_zeros((padded_size,) * 3)
+        padded = vol.new_zeros((self.n_volumes,) + (padded_size,) * 3)
         lo = padded_size // 2 - size // 2
-        padded[lo : lo + size, lo : lo + size, lo : lo + size] = vol
+        padded[:, lo : lo + size, lo : lo + size, lo : lo + size] = vol
         spectrum = fftnc(padded, 3)
-        # grid_sample interpolates real channels: (1, 2, P, P, P) = real and imaginary parts.
-        self._spectrum = torch.stack([spectrum.real, spectrum.imag])[None].contiguous()
+        # grid_sample interpolates real channels: (1, 2K, P, P, P) = real parts, then imaginary
+        # parts; all K volumes are sampled at the same slice coordinates in one call.
+        self._spectrum = torch.cat([spectrum.real, spectrum.imag])[None].contiguous()
         freqs = centred_frequencies(size, device=vol.device) * size  # integer frequency indices
         ky, kx = torch.meshgrid(freqs, freqs, indexing="ij")
         self._inside = (kx**2 + ky**2) <= (size // 2) ** 2
@@ -94,6 +100,24 @@ class FourierProjector:
     def device(self) -> torch.device:
         return self._spectrum.device
 
+    def sample(self, rotations: torch.Tensor, k2d: torch.Tensor) -> torch.Tensor:
+        """Central-slice values ``(K, B, *S)`` complex64 of every held volume at the 2D
+        frequencies ``k2d (*S, 2)`` (kx, ky in 1/L units, on the centred grid) of the poses
+        ``rotations (B, 3, 3)``; no band limit is applied (the caller chooses ``k2d``)."""
+        rot = rotations.to(device=self.device, dtype=torch.float32)
+        padded_size = self.padding * self.box_size
+        shape = k2d.shape[:-1]
+        flat = k2d.reshape(-1, 2).to(device=self.device, dtype=torch.float32)
+        # 3D frequency (x, y, z) = Aᵀ (kx, ky, 0) = kx·A[0, :] + ky·A[1, :], in padded-grid units.
+        k3 = torch.einsum("nc,bcd->bnd", flat, rot[:, :2, :]) * self.padding
+        # grid_sample with align_corners=True maps index 0 → -1 and P-1 → +1; grid order (x, y, z).
+        grid = (k3 + padded_size // 2) * (2.0 / (padded_size - 1)) - 1.0
+        sampled = F.grid_sample(
+            self._spectrum, grid[None, :, :, None], mode="bilinear", padding_mode="zeros",
+            align_corners=True)[0, ..., 0]  # (2K, B, n)
+        k = self.n_volumes
+        return torch.complex(sampled[:k], sampled[k:]).reshape(k, rot.shape[0], *shape)
+
     def spectra(
         self, rotations: torch.Tensor, shifts: torch.Tensor | None = None
     ) -> torch.Tensor:
@@ -101,18 +125,13 @@ class FourierProjector:
         (B, 3, 3)``, their content moved by ``shifts (B, 2)`` px (x, y) when given."""
         if rotations.ndim != 3 or rotations.shape[-2:] != (3, 3):
             raise InputError(f"rotations must have shape (B, 3, 3), got {tuple(rotations.shape)}")
-        rot = rotations.to(device=self.device, dtype=torch.float32)
-        size, padded_size = self.box_size, self.padding * self.box_size
-        # 3D frequency (x, y, z) = Aᵀ (kx, ky, 0) = kx·A[0, :] + ky·A[1, :], in padded-grid units.
-        k3 = torch.einsum("ijc,bcd->bijd", self._k2d, rot[:, :2, :]) * self.padding
-        # grid_sample with align_corners=True maps index 0 → -1 and P-1 → +1; grid order (x, y, z).
-        grid = (k3 + padded_size // 2) * (2.0 / (padded_size - 1)) - 1.0
-        sampled = F.grid_sample(
-            self._spectrum, grid[None], mode="bilinear", padding_mode="zeros", align_corners=True
-        )[0]  # (2, B, rows, L)
-        half = torch.complex(sampled[0], sampled[1])
+        if self.n_volumes != 1:
+            raise InputError(f"spectra() projects one volume; this projector holds "
+                             f"{self.n_volumes} (use sample())")
+        half = self.sample(rotations, self._k2d)[0]
+        size = self.box_size
         c = size // 2
-        out = half.new_zeros((rot.shape[0], size, size))
+        out = half.new_zeros((rotations.shape[0], size, size))
         out[:, self._rows] = half
         # Row i < c is the conjugate of row 2c − i with columns mirrored about c (j ↔ 2c − j);
         # for even L column 0 (kx = −L/2) has no partner but lies outside the mask for ky ≠ 0.
@@ -174,10 +193,12 @@ class BackProjector:
 
     Phase-flipped images: pass |CTF| as ``ctf`` (a flipped image is |CTF|·F). Images are moved to
     the grids' ``device``; ``max_chunk_bytes`` bounds the temporary memory of one insertion step.
+    ``max_radius`` (1/L units) inserts only the frequencies within it (a band-limited map costs
+    in proportion to its band: 3D classification at a target resolution).
     """
 
     def __init__(self, box_size: int, *, padding: int = 2, device=None,
-                 max_chunk_bytes: int = 256 * 2**20) -> None:
+                 max_chunk_bytes: int = 256 * 2**20, max_radius: float | None = None) -> None:
         check_int("box_size", box_size, 2)
         check_int("padding", padding, 1)
         check_int("max_chunk_bytes", max_chunk_bytes, 1)
@@ -189,54 +210,81 @@ class BackProjector:
         self.weight = torch.zeros((padded,) * 3, dtype=torch.float32, device=device)
         freqs = centred_frequencies(size, device=device) * size  # integer frequency indices
         ky, kx = torch.meshgrid(freqs, freqs, indexing="ij")
-        used = ((kx**2 + ky**2) <= (size // 2) ** 2) & (ky >= 0)
-        self._pixels = used.flatten().nonzero()[:, 0]  # flat indices into an L × L spectrum
-        self._k2d = torch.stack([kx, ky], -1).reshape(-1, 2)[self._pixels]  # (n, 2)
-        # The row ky = 0 holds both k and −k; at half weight its symmetrised sum counts it once.
-        self._row_weight = torch.where(self._k2d[:, 1] == 0, 0.5, 1.0)
+        radius = size // 2 if max_radius is None else min(size // 2, max_radius)
+        used = ((kx**2 + ky**2) <= radius**2) & (ky >= 0)
+        #: the inserted pixels: flat indices into an L × L centred spectrum, their (kx, ky) in
+        #: 1/L units ``(n, 2)``, and their weight (the row ky = 0 holds both k and −k; at half
+        #: weight its symmetrised sum counts it once)
+        self.pixels = used.flatten().nonzero()[:, 0]
+        self.k2d = torch.stack([kx, ky], -1).reshape(-1, 2)[self.pixels]
+        self.row_weight = torch.where(self.k2d[:, 1] == 0, 0.5, 1.0)
         # Temporaries per used pixel of an image: its full spectrum share, value and weight, 3D
         # coordinates, floors and fractions (≈ 80 B), and one corner's indices, validity and
         # weighted values at a time (≈ 80 B).
-        self._chunk = max(1, max_chunk_bytes // (len(self._pixels) * 160))
+        self._chunk = max(1, max_chunk_bytes // (len(self.pixels) * 160))
 
     @property
     def device(self) -> torch.device:
         return self.weight.device
 
     def insert(self, images: torch.Tensor, rotations: torch.Tensor,
-               shifts: torch.Tensor | None = None, ctf: torch.Tensor | None = None) -> None:
+               shifts: torch.Tensor | None = None, ctf: torch.Tensor | None = None,
+               weights: torch.Tensor | None = None) -> None:
         """Add ``images (B, L, L)`` in poses ``rotations (B, 3, 3)`` whose content was moved by
         ``shifts (B, 2)`` px (x, y; as in :meth:`FourierProjector.spectra`, so RELION origins go
         through :func:`relion_origin_to_shift`), with CTF ``ctf (B, L, L)`` on the centred grid
-        (None: no CTF, c = 1)."""
+        (None: no CTF, c = 1) and per-image ``weights (B,)`` (None: 1; a soft class membership
+        q adds q·c·X and q·c²)."""
         size = self.box_size
         if images.ndim != 3 or images.shape[-2:] != (size, size):
             raise InputError(f"images must have shape (B, {size}, {size}), got {tuple(images.shape)}")
         n = images.shape[0]
         expected = {"rotations": (rotations, (n, 3, 3)), "shifts": (shifts, (n, 2)),
-                    "ctf": (ctf, (n, size, size))}
+                    "ctf": (ctf, (n, size, size)), "weights": (weights, (n,))}
         for name, (tensor, shape) in expected.items():
             if tensor is not None and tuple(tensor.shape) != shape:
                 raise InputError(f"{name} must have shape {shape}, got {tuple(tensor.shape)}")
         for start in range(0, n, self._chunk):
             sl = slice(start, min(start + self._chunk, n))
-            self._insert_chunk(images[sl], rotations[sl], None if shifts is None else shifts[sl],
-                               None if ctf is None else ctf[sl])
+            ctf_values = None if ctf is None else ctf[sl].to(
+                device=self.device, dtype=torch.float32).flatten(1)[:, self.pixels]
+            self.insert_slices(self.slice_values(images[sl], None if shifts is None else shifts[sl]),
+                               rotations[sl], ctf_values,
+                               None if weights is None else weights[sl])
 
-    def _insert_chunk(self, images, rotations, shifts, ctf) -> None:
-        device, padded = self.device, self.padded_size
-        spectra = fft2c(images.to(device=device, dtype=torch.float32))
+    def slice_values(self, images: torch.Tensor, shifts: torch.Tensor | None = None) -> torch.Tensor:
+        """``(B, n)`` complex64: the centred spectra of ``images (B, L, L)`` at :attr:`pixels`,
+        their content moved back by ``shifts (B, 2)`` (what :meth:`insert_slices` takes)."""
+        spectra = fft2c(images.to(device=self.device, dtype=torch.float32))
         if shifts is not None:
             # the image is the projection moved by +shift; moving it back centres the slice
-            spectra = phase_shift(spectra, -shifts.to(device))
-        values = spectra.flatten(1)[:, self._pixels] * self._row_weight
-        weights = self._row_weight.expand_as(values)
+            spectra = phase_shift(spectra, -shifts.to(self.device))
+        return spectra.flatten(1)[:, self.pixels]
+
+    def insert_slices(self, values: torch.Tensor, rotations: torch.Tensor,
+                      ctf: torch.Tensor | None = None, weights: torch.Tensor | None = None) -> None:
+        """Add slice values ``(B, n)`` (:meth:`slice_values`) in poses ``rotations (B, 3, 3)``,
+        with CTF values ``ctf (B, n)`` at :attr:`pixels` and per-image ``weights (B,)`` (see
+        :meth:`insert`). A caller that keeps the values of its images across passes (3D
+        classification) inserts them without a new transform; chunked like :meth:`insert`."""
+        for start in range(0, values.shape[0], self._chunk):
+            sl = slice(start, start + self._chunk)
+            self._splat(values[sl], rotations[sl], None if ctf is None else ctf[sl],
+                        None if weights is None else weights[sl])
+
+    def _splat(self, values, rotations, ctf, image_weights) -> None:
+        device, padded = self.device, self.padded_size
+        values = values.to(device) * self.row_weight
+        weights = self.row_weight.expand_as(values)
         if ctf is not None:
-            c = ctf.to(device=device, dtype=torch.float32).flatten(1)[:, self._pixels]
+            c = ctf.to(device=device, dtype=torch.float32)
             values, weights = values * c, weights * c**2
+        if image_weights is not None:
+            q = image_weights.to(device=device, dtype=torch.float32)[:, None]
+            values, weights = values * q, weights * q
         rot = rotations.to(device=device, dtype=torch.float32)
         # the projector's slice Aᵀ (kx, ky, 0) in padded-grid units, as grid indices (x, y, z)
-        coords = torch.einsum("nc,bcd->bnd", self._k2d, rot[:, :2, :]) * self.padding + padded // 2
+        coords = torch.einsum("nc,bcd->bnd", self.k2d, rot[:, :2, :]) * self.padding + padded // 2
         base = coords.floor()
         frac = (coords - base).reshape(-1, 3)
         base = base.long().reshape(-1, 3)
@@ -262,22 +310,31 @@ class BackProjector:
     def reconstruct(self, regulariser: float = 0.0) -> torch.Tensor:
         """The volume ``(L, L, L)`` float32 of Σ c·X / (Σ c² + ``regulariser``) (see the class
         docstring for what the regulariser is); the grids are left as they are."""
-        check_number("regulariser", regulariser, 0.0)
-        numerator = self.numerator + _mirror(self.numerator).conj()
-        weight = self.weight + _mirror(self.weight)
-        denominator = weight + regulariser
-        spectrum = torch.where(denominator > 0, numerator / denominator.clamp_min(1e-30),
-                               torch.zeros_like(numerator))
-        size, padded = self.box_size, self.padded_size
-        axis = torch.arange(padded, device=self.device, dtype=torch.float32) - padded // 2
-        radius2 = axis[:, None, None] ** 2 + axis[None, :, None] ** 2 + axis[None, None, :] ** 2
-        spectrum = spectrum * (radius2 <= (self.padding * (size // 2)) ** 2)
-        lo = padded // 2 - size // 2
-        volume = ifftnc(spectrum, 3).real[lo : lo + size, lo : lo + size, lo : lo + size]
-        return volume / trilinear_kernel_transform(size, self.padding, device=self.device)
+        return invert(self.numerator, self.weight, box_size=self.box_size, padding=self.padding,
+                      regulariser=regulariser)
 
 
-def _mirror(grid: torch.Tensor) -> torch.Tensor:
+def invert(numerator: torch.Tensor, weight: torch.Tensor, *, box_size: int, padding: int = 2,
+           regulariser: float = 0.0) -> torch.Tensor:
+    """:meth:`BackProjector.reconstruct` of grids held elsewhere (``(P, P, P)`` complex
+    numerator and float weight of a :class:`BackProjector` of ``box_size`` and ``padding``, e.g.
+    per-class statistics summed over processes)."""
+    check_number("regulariser", regulariser, 0.0)
+    numerator = numerator + mirror(numerator).conj()
+    weight = weight + mirror(weight)
+    denominator = weight + regulariser
+    spectrum = torch.where(denominator > 0, numerator / denominator.clamp_min(1e-30),
+                           torch.zeros_like(numerator))
+    size, padded = box_size, padding * box_size
+    axis = torch.arange(padded, device=numerator.device, dtype=torch.float32) - padded // 2
+    radius2 = axis[:, None, None] ** 2 + axis[None, :, None] ** 2 + axis[None, None, :] ** 2
+    spectrum = spectrum * (radius2 <= (padding * (size // 2)) ** 2)
+    lo = padded // 2 - size // 2
+    volume = ifftnc(spectrum, 3).real[lo : lo + size, lo : lo + size, lo : lo + size]
+    return volume / trilinear_kernel_transform(size, padding, device=numerator.device)
+
+
+def mirror(grid: torch.Tensor) -> torch.Tensor:
     """``grid`` at −k for every k of a centred (P, P, P) grid (k = 0 at index P // 2)."""
     flipped = grid.flip(0, 1, 2)  # index i ↦ P − 1 − i: −k for odd P
     if grid.shape[0] % 2:

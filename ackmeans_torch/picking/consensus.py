@@ -32,6 +32,7 @@ from __future__ import annotations
 import math
 import os
 import time
+import warnings
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
@@ -40,7 +41,7 @@ import pandas as pd
 import torch
 
 from ackmeans_torch.errors import InputError
-from ackmeans_torch.io.coords import PickSet, collect_picker_files, pair_micrographs, read_picks
+from ackmeans_torch.io.coords import PickSet, drop_outside, read_picker, reconcile_stems
 from ackmeans_torch.picking.cliques import Cliques, find_cliques, member_ji
 from ackmeans_torch.picking.graph import build_pick_graph, undirected_edges
 from ackmeans_torch.picking.ilp import select_cliques
@@ -82,43 +83,88 @@ class MicrographConsensus:
                    n_boxes, status="skipped", error=error)
 
 
+class ConsensusInputWarning(UserWarning):
+    """Input the consensus could not use in full: a picker without a file for some micrographs,
+    boxes outside their micrograph, a header line skipped or a table read without one."""
+
+
 @dataclass
 class PickerData:
-    """Picks of k pickers on a set of micrographs: ``picks[stem][picker]`` (None: no file) and
-    ``errors[stem]``, a one-line message for micrographs whose files could not be read."""
+    """Picks of k pickers on a set of micrographs: ``picks[stem][picker]`` (None: no file),
+    ``errors[stem]``, a one-line message for micrographs whose files could not be read, and
+    ``notes[stem]``, what reading skipped or inferred there, with counts (``picker: note``)."""
 
     pickers: list[str]
     picks: dict[str, dict[str, PickSet | None]]
     errors: dict[str, str] = field(default_factory=dict)
+    notes: dict[str, list[str]] = field(default_factory=dict)
 
 
 def load_pickers(pickers: Mapping[str, str | os.PathLike | Sequence[str | os.PathLike]], *,
                  formats: Mapping[str, str] | str = "auto", box_size: float | None = None,
-                 skip_bad: bool = True) -> PickerData:
-    """Read every picker's files and pair micrographs by exact stem.
+                 skip_bad: bool = True, shapes: Mapping[str, tuple[int, int]] | None = None) -> PickerData:
+    """Read every picker's files and pair micrographs by stem (``io/coords.py``: exact stems,
+    Topaz files split by image name, one common file-name suffix of a picker reconciled).
 
-    pickers: name -> folder or list of files. formats: one format for all, or per picker name.
-    box_size: px, replaces file sizes (needed for centre-only formats). skip_bad: a file that
-    cannot be read marks its micrograph as skipped (reported in ``errors``) instead of raising.
+    pickers: name -> folder, glob or list of files. formats: one format for all, or per picker
+    name. box_size: px, replaces file sizes (needed for centre-only formats). skip_bad: a file
+    that cannot be read marks its micrograph as skipped (reported in ``errors``) instead of
+    raising. shapes: micrograph stem -> (H, W) px; boxes centred outside are dropped and noted.
+    Everything not used in full is noted per micrograph and summed per picker in one
+    :class:`ConsensusInputWarning` each.
     """
     if len(pickers) < 2:
         raise InputError(f"consensus needs at least 2 pickers; got {len(pickers)} ({', '.join(pickers)})")
     fmt = (lambda name: formats) if isinstance(formats, str) else (lambda name: formats.get(name, "auto"))
-    files = {name: collect_picker_files(src, fmt=fmt(name)) for name, src in pickers.items()}
-    for name, found in files.items():
-        if not found:
+    read = {name: read_picker(src, fmt=fmt(name), box_size=box_size, skip_bad=skip_bad)
+            for name, src in pickers.items()}
+    for name, r in read.items():
+        if not r.picks and not r.errors:
             raise InputError(f"picker {name!r}: no coordinate files found in {pickers[name]}")
+    mapping, renamed = reconcile_stems({name: [*r.picks, *r.errors] for name, r in read.items()})
     data = PickerData(list(pickers), {})
-    for stem, by_picker in pair_micrographs(files):
+    found = {name: {mapping[name][s]: p for s, p in r.picks.items()} for name, r in read.items()}
+    for name, r in read.items():
+        for s, e in r.errors.items():
+            data.errors.setdefault(mapping[name][s], e)
+        for s, lines in r.notes.items():
+            data.notes.setdefault(mapping[name][s], []).extend(f"{name}: {n}" for n in lines)
+    stems = sorted(set().union(*(set(f) for f in found.values()), data.errors))
+    summary: dict[str, dict[str, int]] = {name: {"missing": 0, "outside": 0, "noted": 0} for name in pickers}
+    for stem in stems:
         row: dict[str, PickSet | None] = {}
-        try:
-            for name, path in by_picker.items():
-                row[name] = None if path is None else read_picks(path, fmt=fmt(name), box_size=box_size)
-        except (ValueError, OSError) as exc:
-            if not skip_bad:
-                raise
-            data.errors[stem] = str(exc).splitlines()[0]
+        for name in pickers:
+            picks = found[name].get(stem)
+            if picks is None:
+                if stem not in data.errors:
+                    summary[name]["missing"] += 1
+                    data.notes.setdefault(stem, []).append(f"{name}: no file")
+            elif shapes is not None and stem in shapes:
+                picks, outside = drop_outside(picks, shapes[stem])
+                if outside:
+                    summary[name]["outside"] += outside
+                    h, w = shapes[stem]
+                    data.notes.setdefault(stem, []).append(
+                        f"{name}: {outside} boxes centred outside the {w}x{h} px micrograph dropped")
+            row[name] = picks
         data.picks[stem] = row
+    for name, r in read.items():
+        summary[name]["noted"] = sum(len(v) for v in r.notes.values())
+    for line in renamed:
+        warnings.warn(line, ConsensusInputWarning, stacklevel=2)
+    for name, own in found.items():
+        others = set().union(*(set(f) for n, f in found.items() if n != name))
+        if own and others and not set(own) & others:
+            warnings.warn(f"picker {name!r} shares no micrograph with the other pickers (its files e.g. "
+                          f"{', '.join(sorted(own)[:3])}; theirs e.g. {', '.join(sorted(others)[:3])}); name its files "
+                          "by micrograph stem", ConsensusInputWarning, stacklevel=2)
+    for name, c in summary.items():
+        parts = [f"no file for {c['missing']} of {len(stems)} micrographs" if c["missing"] else "",
+                 f"{c['outside']} boxes outside their micrograph dropped" if c["outside"] else "",
+                 f"{c['noted']} notes on reading (header lines skipped or inferred)" if c["noted"] else ""]
+        if any(parts):
+            warnings.warn(f"picker {name!r}: " + "; ".join(p for p in parts if p) + " (see the notes column of "
+                          "the summary)", ConsensusInputWarning, stacklevel=2)
     return data
 
 
