@@ -134,7 +134,8 @@ class Class3DResult:
     """``labels (N,)`` 0-based; ``maps (K, L, L, L)`` FSC-weighted class maps to Nyquist under
     the reference mask; ``half_maps (K, 2, L, L, L)`` unfiltered; ``fsc (K, L//2+1)`` half-map
     FSC; ``resolution (K,)`` Å at 0.143 (999: a class without two half sets); ``sizes (K,)``;
-    ``history`` per round; ``stopped`` why the loop ended."""
+    ``history`` per round; ``stopped`` why the loop ended; ``distances (N, K)`` when asked
+    (:func:`run_class3d` ``keep_distances``), else None."""
 
     labels: Tensor
     maps: Tensor
@@ -144,6 +145,7 @@ class Class3DResult:
     sizes: Tensor
     history: list[dict]
     stopped: str
+    distances: Tensor | None = None
 
     @property
     def converged(self) -> bool:
@@ -281,17 +283,35 @@ def _m_step(provider: SliceMatch, labels: Tensor, centers: Tensor, *, chunk_size
     provider.update(totals, centers)
 
 
+def _distances(provider: SliceMatch, fit, *, chunk_size: int, shard: Shard,
+               reduce: Reduce) -> Tensor:
+    """``(N, K)`` distances of every particle to the final references, own class corrected
+    (:meth:`SliceMatch.leave_one_out`), gathered from all processes."""
+    n, k = provider.n_items, fit.centers.shape[0]
+    out = torch.zeros((n, k), dtype=torch.float64, device=fit.centers.device)
+    for start in range(0, n, chunk_size):
+        own = shard(torch.arange(start, min(start + chunk_size, n)))
+        if len(own):
+            rows = own.to(out.device)
+            d = provider.dissimilarity(own, fit.centers)
+            out[rows] = provider.leave_one_out(d, fit.labels[rows], fit.sizes).double()
+    return reduce({"d": out})["d"].cpu()
+
+
 def run_class3d(source: ImageSource, *, rule: SizeRule, options: ClusterOptions,
                 class3d: Class3DOptions | None = None, trainer: TrainerOptions | None = None,
                 out_dir: str | Path | None = None, resume: bool | str | Path = False,
-                progress: bool = False, project_dir: str | Path | None = None) -> Class3DRun | None:
+                progress: bool = False, project_dir: str | Path | None = None,
+                keep_distances: bool = False) -> Class3DRun | None:
     """Classify the particles of ``source`` (with poses) into ``options.n_classes`` 3D classes
     (module docstring); a :class:`Class3DRun` on rank zero, None on other ranks.
 
     ``trainer``: where to run (Lightning Fabric; statistics are summed across processes).
     ``out_dir``: where rank zero writes maps, STAR files, plots and the checkpoint (None:
     nothing is written). ``resume``: True continues the checkpoint in ``out_dir``, or a path
-    to another run directory. ``project_dir``: where the written image names hold from."""
+    to another run directory. ``project_dir``: where the written image names hold from.
+    ``keep_distances``: one more E-step pass gives ``result.distances``, each particle's
+    distance to every final reference (its own class's corrected as by ``leave_one_out``)."""
     from ackmeans_torch.class3d.outputs import write_class3d_outputs
 
     class3d = class3d or Class3DOptions()
@@ -352,6 +372,10 @@ def run_class3d(source: ImageSource, *, rule: SizeRule, options: ClusterOptions,
     finally:
         if recorder is not None:
             recorder.close()
+    distances = None
+    if keep_distances:
+        distances = _distances(provider, fit, chunk_size=options.chunk_size, shard=shard,
+                               reduce=reduce)
     # the output maps to Nyquist from the final classes
     provider.full_band()
     _m_step(provider, fit.labels, fit.centers, chunk_size=options.chunk_size, shard=shard,
@@ -364,7 +388,7 @@ def run_class3d(source: ImageSource, *, rule: SizeRule, options: ClusterOptions,
     result = Class3DResult(labels=labels, maps=last["maps"].cpu(),
                            half_maps=last["half_maps"].cpu(), fsc=last["fsc"],
                            resolution=last["resolution"], sizes=sizes, history=fit.history,
-                           stopped=fit.stopped)
+                           stopped=fit.stopped, distances=distances)
     summary = {"label": f"3D / {rule.label}" + (f" / soft tau={options.temperature}"
                                                 if options.temperature > 0 else ""),
                "n_images": len(source), "n_classes": options.n_classes,

@@ -15,8 +15,9 @@ the labels only.
 (:func:`ackmeans_torch.classify.run.run_classification`): a subset is an
 :class:`~ackmeans_torch.data.source.ArraySource` of the selected images with their table rows;
 the distances are the aligned squared distances (``ops/align.py``, ``mode="distances"``) of the
-preprocessed images to the final class averages. A 3D classifier plugs in by returning the same
-(distances: to the best projection of each class map).
+preprocessed images to the final class averages. :class:`Classify3D` is it for 3D
+(:func:`ackmeans_torch.class3d.run_class3d` with ``keep_distances``: the distances of the
+E-step to the final class references at the particles' poses).
 """
 
 from __future__ import annotations
@@ -37,7 +38,8 @@ from ackmeans_torch.data.source import ArraySource, ImageSource
 from ackmeans_torch.errors import InputError
 from ackmeans_torch.ops.align import AlignOptions
 
-__all__ = ["Classifier", "Partition", "Classify2D", "check_subset", "classifier_for"]
+__all__ = ["Classifier", "Partition", "Classify2D", "Classify3D", "check_subset",
+           "classifier_for", "subset_source"]
 
 
 @dataclass
@@ -62,6 +64,13 @@ def check_subset(subset, n_items: int) -> np.ndarray:
     return index
 
 
+def subset_source(source: ImageSource, subset) -> ArraySource:
+    """The images of ``subset`` of ``source`` and their table rows as one in-memory source."""
+    index = check_subset(subset, len(source))
+    return ArraySource(source.images(index), source.particles.iloc[index],
+                       pixel_size=source.pixel_size, phase_flipped=source.phase_flipped)
+
+
 class Classify2D:
     """2D classification of subsets of ``source`` with one method (module docstring).
 
@@ -81,10 +90,7 @@ class Classify2D:
 
     def subset(self, subset) -> ArraySource:
         """The images of ``subset`` and their table rows as one in-memory source."""
-        index = check_subset(subset, len(self.source))
-        return ArraySource(self.source.images(index), self.source.particles.iloc[index],
-                           pixel_size=self.source.pixel_size,
-                           phase_flipped=self.source.phase_flipped)
+        return subset_source(self.source, subset)
 
     def __call__(self, subset, n_classes: int, seed: int) -> Partition:
         """The :class:`Partition` of the particles ``subset`` in ``n_classes`` classes."""
@@ -104,6 +110,32 @@ class Classify2D:
                                                 result.sizes.to(distances.device))
         return Partition(labels=labels.cpu().numpy(),
                          distances=distances.double().cpu().numpy())
+
+
+class Classify3D:
+    """3D classification with known poses of subsets of ``source`` (module docstring).
+
+    ``rule``, ``options`` (its ``n_classes`` and ``seed`` are replaced per call), ``class3d``,
+    ``trainer``: the arguments of :func:`~ackmeans_torch.class3d.run_class3d`. Nothing is
+    written."""
+
+    def __init__(self, source: ImageSource, *, rule: SizeRule, options: ClusterOptions,
+                 class3d=None, trainer: TrainerOptions | None = None) -> None:
+        self.source, self.rule, self.options = source, rule, options
+        self.class3d, self.trainer = class3d, trainer
+
+    def __len__(self) -> int:
+        return len(self.source)
+
+    def __call__(self, subset, n_classes: int, seed: int) -> Partition:
+        """The :class:`Partition` of the particles ``subset`` in ``n_classes`` classes."""
+        from ackmeans_torch.class3d.run import run_class3d
+
+        options = dataclasses.replace(self.options, n_classes=n_classes, seed=seed)
+        run = run_class3d(subset_source(self.source, subset), rule=self.rule, options=options,
+                          class3d=self.class3d, trainer=self.trainer, keep_distances=True)
+        return Partition(labels=run.result.labels.numpy(),
+                         distances=run.result.distances.numpy())
 
 
 #: the classifiers the commands can build, by ``dimension``
