@@ -53,14 +53,16 @@ COLUMNS = ("set", "method", "N", "K", "iterations", "s/iter", "total s", "accura
            "class sizes", "torch threads", "OMP_NUM_THREADS", "RELION --j", "loadavg 1/5/15")
 
 
-def simulate_set(out_dir: Path, *, n: int, snr: float, populations: list[float], seed: int):
-    """The benchmark set (``experiment=hetero3d_70s`` with these sizes), written to ``out_dir``;
-    returns the ``HeteroSet``."""
+def simulate_set(out_dir: Path, *, n: int, snr: float, populations: list[float], seed: int,
+                 angle_noise: float, shift_noise: float):
+    """The benchmark set (``experiment=hetero3d_70s`` with these sizes and pose noise), written
+    to ``out_dir``; returns the ``HeteroSet``."""
     fractions = "[" + ",".join(f"{p:g}" for p in populations) + "]"
     with initialize_config_dir(config_dir=CONFIG_DIR, version_base="1.3"):
         cfg = compose("simulate", overrides=[
             "experiment=hetero3d_70s", f"sim.volume={MAP}", f"sim.n_particles={n}",
-            f"sim.snr={snr}", f"sim.populations={fractions}"])
+            f"sim.snr={snr}", f"sim.populations={fractions}",
+            f"sim.angle_noise_deg={angle_noise}", f"sim.shift_noise_px={shift_noise}"])
     data = instantiate(cfg.sim).run(seed=seed)
     data.write(out_dir)
     return data
@@ -214,6 +216,10 @@ def main() -> None:
     parser.add_argument("--diameter", type=float, default=None,
                         help="--particle_diameter Å (default: 90%% of the box)")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--angle-noise", type=float, default=2.0,
+                        help="RMS pose angle error (deg) of the written poses")
+    parser.add_argument("--shift-noise", type=float, default=1.0,
+                        help="origin error (px, s.d. per axis) of the written poses")
     parser.add_argument("--out", type=Path, default=REPO / "runs" / "bench_class3d")
     parser.add_argument("--skip-relion", action="store_true", help="no RELION row")
     parser.add_argument("--skip-ours", action="store_true", help="no rows of ours")
@@ -224,10 +230,13 @@ def main() -> None:
         raise SystemExit(f"{MAP} is absent: the 70S map lives in ../shared/data beside the repo")
 
     populations = [float(p) / 100 for p in args.populations.split("/")]
-    label = f"N={args.n} SNR={args.snr:g} {args.populations}"
-    set_dir = args.out / f"n{args.n}_snr{args.snr:g}_{args.populations.replace('/', '-')}"
+    label = (f"N={args.n} SNR={args.snr:g} {args.populations} pose noise "
+             f"{args.angle_noise:g}°/{args.shift_noise:g} px")
+    set_dir = args.out / (f"n{args.n}_snr{args.snr:g}_{args.populations.replace('/', '-')}"
+                          f"_pose{args.angle_noise:g}-{args.shift_noise:g}")
     start = time.perf_counter()
-    data = simulate_set(set_dir, n=args.n, snr=args.snr, populations=populations, seed=args.seed)
+    data = simulate_set(set_dir, n=args.n, snr=args.snr, populations=populations, seed=args.seed,
+                        angle_noise=args.angle_noise, shift_noise=args.shift_noise)
     print(f"simulated {label} in {time.perf_counter() - start:.1f} s -> {set_dir}", flush=True)
     truth = data.states
     rows = [oracle_row(data, truth)]

@@ -16,8 +16,8 @@ TINY = ["sim.n_centres=2", "sim.per_centre=20", "sim.box_size=32", "sim.snr=0.5"
 
 
 @pytest.mark.parametrize("command, overrides, needle", [
-    ("split", ["dimension=3d"], "dimension='3d' is not available"),
-    ("reproduce", ["dimension=3d"], "dimension='3d' is not available"),
+    ("split", ["dimension=4d"], "dimension='4d' is not available"),
+    ("reproduce", ["dimension=4d"], "dimension='4d' is not available"),
     ("split", ["split.alpha=0.001", "split.null_draws=99"], "raise null_draws or alpha"),
     ("reproduce", ["replicates=1"], "replicates=1 must be an integer >= 2"),
 ])
@@ -54,6 +54,19 @@ def test_reproduce_writes_its_report(capsys, monkeypatch, tmp_path):
             counted += len(table)
     assert counted == 40
     assert (run / "class_sizes_runs.png").stat().st_size > 0
+
+
+def test_reproduce_in_3d_from_the_command_line(capsys, monkeypatch, tmp_path):
+    """``reproduce dimension=3d`` classifies a small heterogeneous 3D set twice with the
+    classify3d settings (poses kept) and writes one row per class."""
+    run = tmp_path / "rep3d"
+    code, _, err = run_cli(capsys, monkeypatch, "reproduce", "dimension=3d", "sim=hetero",
+                           "sim.n_particles=300", "sim.phantom_box=32", "n_classes=2",
+                           "replicates=2", "max_iter=2", "class3d.resolution=16",
+                           f"out_dir={run}")
+    assert code == 0, err
+    classes = pd.read_csv(run / "classes.tsv", sep="\t")
+    assert list(classes["class"]) == [1, 2]
 
 
 @pytest.mark.slow

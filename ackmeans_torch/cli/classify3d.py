@@ -28,6 +28,9 @@ from ackmeans_torch.cli.classify import aligned_rows, classify_options
 
 log = logging.getLogger(__name__)
 
+#: the option objects of a 3D run and the config group each is made from
+CLASS3D_GROUPS = (("rule", "objective"), ("trainer", "trainer"), ("class3d", "class3d"))
+
 
 def summary_table(run) -> str:
     """The end-of-run summary of a :class:`~ackmeans_torch.class3d.run.Class3DRun` as rows."""
@@ -51,8 +54,7 @@ def summary_table(run) -> str:
 
 @hydra_command("classify3d")
 def main(cfg: DictConfig, run_dir: Path) -> None:
-    made = classify_options(cfg, groups=(("rule", "objective"), ("trainer", "trainer"),
-                                         ("class3d", "class3d")))
+    made = classify_options(cfg, groups=CLASS3D_GROUPS)
     resume = cfg.resume if isinstance(cfg.resume, bool) or cfg.resume is None else str(cfg.resume)
     source = instantiate(cfg.data)
     run = run_class3d(source, **made, out_dir=run_dir, resume=resume, progress=cfg.progress,

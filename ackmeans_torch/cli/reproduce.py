@@ -22,7 +22,8 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig
 
 from ackmeans_torch.cli.app import hydra_command
-from ackmeans_torch.cli.classify import classify_options
+from ackmeans_torch.cli.classify import CLASSIFY_GROUPS, classify_options
+from ackmeans_torch.cli.classify3d import CLASS3D_GROUPS
 from ackmeans_torch.data.source import ImageSource
 from ackmeans_torch.trust.classifier import Classifier, classifier_for
 from ackmeans_torch.trust.outputs import write_reproducibility
@@ -30,12 +31,15 @@ from ackmeans_torch.trust.reproduce import reproduce
 
 log = logging.getLogger(__name__)
 
+#: the option objects each classifier is made with, by ``dimension`` (keyword, config group)
+GROUPS = {"2d": CLASSIFY_GROUPS, "3d": CLASS3D_GROUPS}
+
 
 def classifier_from_config(cfg: DictConfig) -> tuple[Classifier, ImageSource]:
     """The classifier of ``cfg.dimension`` with the ``classify`` settings of ``cfg`` (made and
     validated before the data is read) and the source it classifies."""
     build = classifier_for(cfg.dimension)
-    settings = classify_options(cfg)
+    settings = classify_options(cfg, groups=GROUPS[cfg.dimension])
     source = instantiate(cfg.data)
     return build(source, **settings), source
 

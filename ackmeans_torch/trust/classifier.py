@@ -139,13 +139,13 @@ class Classify3D:
 
 
 #: the classifiers the commands can build, by ``dimension``
-DIMENSIONS = {"2d": Classify2D}
+DIMENSIONS = {"2d": Classify2D, "3d": Classify3D}
 
 
 def classifier_for(dimension: str) -> type:
-    """The classifier class of ``dimension`` ("2d"), refused before any data is read when there
-    is none; it is made with the source and the run settings (the keywords of
-    :class:`Classify2D`)."""
+    """The classifier class of ``dimension`` ("2d", "3d"), refused before any data is read when
+    there is none; it is made with the source and the run settings (the keywords of
+    :class:`Classify2D` or :class:`Classify3D`)."""
     if dimension not in DIMENSIONS:
         raise InputError(f"dimension={dimension!r} is not available; choose one of "
                          f"{', '.join(DIMENSIONS)}")
