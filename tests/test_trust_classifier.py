@@ -17,8 +17,8 @@ def test_bad_subsets_and_dimensions_are_refused():
         check_subset([0, 5], 5)
     with pytest.raises(InputError, match="repeats"):
         check_subset([1, 1], 5)
-    with pytest.raises(InputError, match="choose one of 2d"):
-        classifier_for("3d")
+    with pytest.raises(InputError, match="choose one of 2d, 3d"):
+        classifier_for("4d")
 
 
 @pytest.mark.slow
