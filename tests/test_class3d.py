@@ -126,6 +126,27 @@ def test_soft_assignment_separates_and_tends_to_hard(two_states):
     assert run.result.history[-1]["mean_q_max"] > 0.9
 
 
+def test_noise_whitening_learns_shell_weights_and_still_separates(two_states):
+    """With ``whiten`` the per-shell noise weights are measured from the members' residuals (no
+    longer all 1, mean 1) and the states are still sorted (≥ 95 %)."""
+    source, data = two_states
+    provider = SliceMatch(preprocess(source, PreprocessOptions(phase_flip=False)),
+                          mask_radius=14, whiten=True)
+    labels = torch.from_numpy(data.states - 1)
+    maps = torch.zeros((2, BOX, BOX, BOX))
+    index = torch.arange(len(source))
+    provider.dissimilarity(index, maps)
+    stats = provider.statistics(index, labels, maps)
+    stats["counts"] = torch.bincount(labels, minlength=2)
+    provider.update(stats, maps)
+    weights = provider.shell_weight
+    assert float(weights.mean()) == pytest.approx(1.0, rel=1e-5)
+    assert float(weights.max() - weights.min()) > 0.1
+    run = run_class3d(source, rule=QuadraticPenalty(beta=0.5), options=_loop(max_iter=4),
+                      class3d=Class3DOptions(resolution=16.0, whiten=True))
+    assert run.summary["accuracy"] >= 0.95, run.summary
+
+
 def test_resume_gives_the_uninterrupted_run(two_states, tmp_path):
     """A run stopped after 2 rounds and continued from its checkpoint ends with the labels and
     maps of the run that was never stopped."""

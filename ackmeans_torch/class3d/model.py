@@ -143,7 +143,6 @@ class SliceMatch(Dissimilarity):
             if reference_mask is None else reference_mask.to(device))
         self.n_shells = nyquist + 1
         self.shell_weight = torch.ones(self.n_shells, device=device)
-        self._projector: tuple[Tensor, FourierProjector] | None = None
         # the own-class correction (leave_one_out): per class and shell W̄ and gains, known
         # after the first M-step; per particle and class the last distance ratios
         self._share: Tensor | None = None
@@ -161,6 +160,7 @@ class SliceMatch(Dissimilarity):
         """Compare and insert at ``back``'s pixels; keep every particle's values across passes
         when ``cache`` and they fit in :data:`CACHE_BYTES`."""
         self._back = back
+        self._projector = None  # its kept slices are at the old pixels
         self._pixels, self._k2d, self._row_weight = back.pixels, back.k2d, back.row_weight
         axis = torch.arange(back.padded_size, device=self.device, dtype=torch.float64)
         axis = (axis - back.padded_size // 2) ** 2
@@ -205,11 +205,17 @@ class SliceMatch(Dissimilarity):
         return {"x": cache["x"][rows], "ctf": cache["ctf"][rows]}
 
     def _projections(self, index: Tensor, centers: Tensor, ctf: Tensor) -> Tensor:
-        """``(K, B, n)`` c·P_A(V_k) at the pixels."""
+        """``(K, B, n)`` c·P_A(V_k) at the pixels; the last chunk's are kept (the loop asks for
+        its distances, then, with ``whiten``, for its residuals to the same maps)."""
         if self._projector is None or self._projector[0] is not centers:
             # held with the centres it was made from: the same tensor object within a pass
-            self._projector = (centers, FourierProjector(centers, padding=self.padding))
-        return self._projector[1].sample(self.rotations[index.to(self.device)], self._k2d) * ctf
+            self._projector = (centers, FourierProjector(centers, padding=self.padding), None)
+        last = self._projector[2]
+        if last is not None and torch.equal(last[0], index):
+            return last[1]
+        slices = self._projector[1].sample(self.rotations[index.to(self.device)], self._k2d) * ctf
+        self._projector = (*self._projector[:2], (index.clone(), slices))
+        return slices
 
     def items(self, index: Tensor) -> Tensor:
         raise InputError("3D classes start from maps (class3d init: simple, maps or reference), "

@@ -45,7 +45,6 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-import pandas as pd
 import torch
 from torch import Tensor
 
@@ -54,6 +53,7 @@ from ackmeans_torch.classify.checkpoint import (
     CHECKPOINT_NAME, IterationRecorder, config_hash, load_checkpoint,
 )
 from ackmeans_torch.classify.distributed import TrainerOptions, fabric_hooks, make_fabric
+from ackmeans_torch.classify.run import plugin_settings, source_signature
 from ackmeans_torch.cluster.engine import LoopState, Reduce, Shard
 from ackmeans_torch.cluster.options import ClusterOptions
 from ackmeans_torch.cluster.penalties import SizeRule
@@ -180,6 +180,21 @@ def _read_maps(paths, *, box_size: int, pixel_size: float) -> Tensor:
     return torch.stack(maps)
 
 
+def _m_step(provider: SliceMatch, members: Tensor, labels: Tensor, centers: Tensor, *,
+            chunk_size: int, shard: Shard, reduce: Reduce) -> Tensor:
+    """The M-step of particles ``members (M,)`` in classes ``labels (M,)``, statistics summed over
+    chunks and processes: the provider's new references (and, for all particles, what it records
+    of a complete M-step: :attr:`SliceMatch.last` and the own-class correction)."""
+    totals = None
+    for start in range(0, len(members), chunk_size):
+        own = shard(torch.arange(start, min(start + chunk_size, len(members))))
+        part = provider.statistics(members[own], labels[own.to(labels.device)], centers)
+        totals = part if totals is None else {key: totals[key] + part[key] for key in totals}
+    totals = reduce(totals)
+    totals["counts"] = torch.bincount(labels, minlength=centers.shape[0]).to(provider.device)
+    return provider.update(totals, centers)
+
+
 def _subset_maps(provider: SliceMatch, n_maps: int, subset: int, *,
                  generator: torch.Generator, shard: Shard, reduce: Reduce,
                  group: int = 8) -> Tensor:
@@ -190,17 +205,10 @@ def _subset_maps(provider: SliceMatch, n_maps: int, subset: int, *,
     maps = []
     for first in range(0, n_maps, group):
         count = min(group, n_maps - first)
-        members = order[first * subset:(first + count) * subset]
-        labels = torch.arange(count).repeat_interleave(subset)
         empty = torch.zeros((count, size, size, size), device=provider.device)
-        totals = None
-        for start in range(0, len(members), 1024):
-            own = shard(torch.arange(start, min(start + 1024, len(members))))
-            part = provider.statistics(members[own], labels[own], empty)
-            totals = part if totals is None else {k: totals[k] + part[k] for k in totals}
-        totals = reduce(totals)
-        totals["counts"] = torch.bincount(labels, minlength=count).to(provider.device)
-        maps.append(provider.update(totals, empty))
+        maps.append(_m_step(provider, order[first * subset:(first + count) * subset],
+                            torch.arange(count).repeat_interleave(subset), empty,
+                            chunk_size=1024, shard=shard, reduce=reduce))
     return torch.cat(maps)
 
 
@@ -260,27 +268,8 @@ def _fingerprint(source: ImageSource, *, rule: SizeRule, options: ClusterOptions
                  class3d: Class3DOptions) -> str:
     cluster = {k: v for k, v in dataclasses.asdict(options).items()
                if k not in ("max_iter", "chunk_size", "init")}
-    table = int(pd.util.hash_pandas_object(source.particles, index=False).sum())
-    rule_settings = {k: v for k, v in vars(rule).items()
-                     if not k.startswith("_") and k != "training"}
     return config_hash({"cluster": cluster, "class3d": dataclasses.asdict(class3d),
-                        "rule": [type(rule).__qualname__, rule_settings],
-                        "source": [len(source), source.box_size, source.pixel_size, table]})
-
-
-def _m_step(provider: SliceMatch, labels: Tensor, centers: Tensor, *, chunk_size: int,
-            shard: Shard, reduce: Reduce) -> None:
-    """One complete M-step of ``labels`` into the provider (what it records of it: the maps of
-    :attr:`SliceMatch.last` and the own-class correction), summed over processes."""
-    n, k = provider.n_items, centers.shape[0]
-    totals = None
-    for start in range(0, n, chunk_size):
-        own = shard(torch.arange(start, min(start + chunk_size, n)))
-        part = provider.statistics(own, labels[own.to(labels.device)], centers)
-        totals = part if totals is None else {key: totals[key] + part[key] for key in totals}
-    totals = reduce(totals)
-    totals["counts"] = torch.bincount(labels, minlength=k)
-    provider.update(totals, centers)
+                        "rule": plugin_settings(rule), "source": source_signature(source)})
 
 
 def _distances(provider: SliceMatch, fit, *, chunk_size: int, shard: Shard,
@@ -353,8 +342,8 @@ def run_class3d(source: ImageSource, *, rule: SizeRule, options: ClusterOptions,
         centers, start_state = saved.state.centers.to(fabric.device), saved.state
         # the provider's record of the saved round's M-step (the own-class correction) is
         # made again from its labels, so the continued run scores as the uninterrupted one
-        _m_step(provider, saved.state.labels.to(fabric.device), centers,
-                chunk_size=options.chunk_size, shard=shard, reduce=reduce)
+        _m_step(provider, torch.arange(len(source)), saved.state.labels.to(fabric.device),
+                centers, chunk_size=options.chunk_size, shard=shard, reduce=reduce)
     recorder = None
     if out_dir is not None:
         recorder = IterationRecorder(
@@ -378,8 +367,8 @@ def run_class3d(source: ImageSource, *, rule: SizeRule, options: ClusterOptions,
                                reduce=reduce)
     # the output maps to Nyquist from the final classes
     provider.full_band()
-    _m_step(provider, fit.labels, fit.centers, chunk_size=options.chunk_size, shard=shard,
-            reduce=reduce)
+    _m_step(provider, torch.arange(len(source)), fit.labels, fit.centers,
+            chunk_size=options.chunk_size, shard=shard, reduce=reduce)
     if not rank_zero:
         return None
     last = provider.last

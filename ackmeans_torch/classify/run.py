@@ -104,7 +104,7 @@ class ClassificationRun:
     out_dir: Path | None
 
 
-def _settings(value) -> dict:
+def plugin_settings(value) -> dict:
     """A plug-in's type and settings, for the run fingerprint."""
     cls = type(value)
     if dataclasses.is_dataclass(value):
@@ -124,10 +124,16 @@ def run_fingerprint(source: ImageSource, *, pipeline: Pipeline, rule: SizeRule,
                if k not in ("max_iter", "chunk_size")}
     search = {k: v for k, v in dataclasses.asdict(align).items() if k != "memory_bytes"}
     prep = {k: v for k, v in dataclasses.asdict(preprocess_options).items() if k != "in_memory"}
-    table = int(pd.util.hash_pandas_object(source.particles, index=False).sum())
     return config_hash({"cluster": cluster, "align": search, "preprocess": prep,
-                        "pipeline": _settings(pipeline), "rule": _settings(rule),
-                        "source": [len(source), source.box_size, source.pixel_size, table]})
+                        "pipeline": plugin_settings(pipeline), "rule": plugin_settings(rule),
+                        "source": source_signature(source)})
+
+
+def source_signature(source: ImageSource) -> list:
+    """What of a source decides a run's result, for a fingerprint: its size, box, pixel size
+    and a hash of its particle table."""
+    table = int(pd.util.hash_pandas_object(source.particles, index=False).sum())
+    return [len(source), source.box_size, source.pixel_size, table]
 
 
 def _check(source: ImageSource, *, pipeline: Pipeline, options: ClusterOptions,

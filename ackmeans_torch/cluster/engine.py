@@ -63,6 +63,7 @@ __all__ = [
     "characteristic_dissimilarity",
     "fit_clusters",
     "identity",
+    "mean_leave_one_out",
 ]
 
 Reduce = Callable[[dict[str, Tensor]], dict[str, Tensor]]
@@ -76,6 +77,22 @@ def identity(x):
 
 class ConvergenceWarning(UserWarning):
     """The loop stopped at ``max_iter`` with σ > σ0, or ended with empty classes."""
+
+
+def mean_leave_one_out(d: Tensor, current: Tensor, members: Tensor) -> Tensor:
+    """:meth:`Dissimilarity.leave_one_out` for centres that are class means: ``d (B, K)`` with
+    each item's own-class entry scaled by (n / (n − 1))², infinite for a one-item class; a
+    function, for distances made outside a dissimilarity (the trust tools' aligned distances)."""
+    rows = torch.nonzero(current >= 0).squeeze(1)
+    if not len(rows):
+        return d
+    n = members[current[rows]].to(d.dtype)
+    own = d[rows, current[rows]]
+    out = d.clone()
+    # (a one-item class's own distance is 0 · ∞: infinite, not NaN)
+    out[rows, current[rows]] = torch.where(n > 1, own * (n / (n - 1).clamp_min(1)) ** 2,
+                                           torch.full_like(own, math.inf))
+    return out
 
 
 class Dissimilarity(ABC):
@@ -113,16 +130,7 @@ class Dissimilarity(ABC):
         when the centres were made, ``current (B,)`` the items' classes then (−1: none). A
         one-item class's own distance becomes infinite (nothing but the item supports it). A
         dissimilarity with another M-step overrides this."""
-        rows = torch.nonzero(current >= 0).squeeze(1)
-        if not len(rows):
-            return d
-        n = members[current[rows]].to(d.dtype)
-        own = d[rows, current[rows]]
-        out = d.clone()
-        # (a one-item class's own distance is 0 · ∞: infinite, not NaN)
-        out[rows, current[rows]] = torch.where(n > 1, own * (n / (n - 1).clamp_min(1)) ** 2,
-                                               torch.full_like(own, math.inf))
-        return out
+        return mean_leave_one_out(d, current, members)
 
     def update(self, statistics: dict[str, Tensor], previous: Tensor) -> Tensor:
         """The M-step: new centres (K, *F) from the summed ``statistics`` (with the loop's

@@ -6,10 +6,8 @@ from __future__ import annotations
 
 import os
 from collections.abc import Mapping, Sequence
-from pathlib import Path
 
 import matplotlib
-import mrcfile
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
@@ -17,7 +15,6 @@ import numpy as np  # noqa: E402
 from matplotlib.collections import PatchCollection  # noqa: E402
 from matplotlib.patches import Rectangle  # noqa: E402
 
-from ackmeans_torch.errors import InputError  # noqa: E402
 from ackmeans_torch.io.atomic import atomic_output  # noqa: E402
 from ackmeans_torch.io.coords import PickSet  # noqa: E402
 
@@ -43,22 +40,6 @@ def plot_sorted_confidence(confidences: Sequence[np.ndarray], path: str | os.Pat
     with atomic_output(path) as tmp:
         fig.savefig(tmp, dpi=120)
     plt.close(fig)
-
-
-def read_micrograph_image(path: str | os.PathLike) -> np.ndarray:
-    """A micrograph as an (H, W) float32 array in the file's row order. MRC via mrcfile (first frame of a stack);
-    PNG/JPEG/TIFF via matplotlib (RGB averaged to grey)."""
-    path = Path(path)
-    if path.suffix.lower() == ".mrc":
-        with mrcfile.open(path, permissive=True) as f:
-            img = np.asarray(f.data, dtype=np.float32)
-        img = img[0] if img.ndim == 3 else img
-    else:
-        img = np.asarray(plt.imread(path), dtype=np.float32)
-        img = img[..., :3].mean(-1) if img.ndim == 3 else img
-    if img.ndim != 2:
-        raise InputError(f"{path}: image has shape {img.shape}; expected a 2D micrograph")
-    return img
 
 
 def plot_overlay(image: np.ndarray, pickers: Mapping[str, PickSet | None], consensus: PickSet,

@@ -6,7 +6,7 @@ Reproducibility and exhaustive splitting work on any classifier through one smal
 int indices into the whole set) into ``n_classes`` with ``seed``. A :class:`Partition` holds the
 ``labels (n,)`` (0-based) and ``distances (n, K)``: each particle's dissimilarity to each class's
 summary (its average, its map), the own class's made without the particle (leave-one-out, the
-engine's ``Dissimilarity.leave_one_out``: infinite for a one-member class), so that a particle
+engine's ``mean_leave_one_out``: infinite for a one-member class), so that a particle
 is not closer to its own class just because it helped make it. The split test
 and the continuous heterogeneity check read these distances; the reproducibility report reads
 the labels only.
@@ -30,7 +30,7 @@ import numpy as np
 
 from ackmeans_torch.classify.distributed import TrainerOptions
 from ackmeans_torch.classify.run import Pipeline, run_classification
-from ackmeans_torch.cluster.engine import Dissimilarity
+from ackmeans_torch.cluster.engine import mean_leave_one_out
 from ackmeans_torch.cluster.options import ClusterOptions
 from ackmeans_torch.cluster.penalties import SizeRule
 from ackmeans_torch.data.prepared import PreprocessOptions
@@ -105,9 +105,7 @@ class Classify2D:
                                  result.averages, mask_radius=run.images.mask_radius,
                                  mode="distances")
         labels = result.labels.to(distances.device)
-        # the engine's own rule; it reads nothing of an instance
-        distances = Dissimilarity.leave_one_out(None, distances, labels,
-                                                result.sizes.to(distances.device))
+        distances = mean_leave_one_out(distances, labels, result.sizes.to(distances.device))
         return Partition(labels=labels.cpu().numpy(),
                          distances=distances.double().cpu().numpy())
 
