@@ -161,12 +161,15 @@ class SliceMatch(Dissimilarity):
         when ``cache`` and they fit in :data:`CACHE_BYTES`."""
         self._back = back
         self._projector = None  # its kept slices are at the old pixels
-        self._pixels, self._k2d, self._row_weight = back.pixels, back.k2d, back.row_weight
+        #: the band's pixels (flat indices into the centred L × L spectrum), their (kx, ky) and
+        #: half-plane weights, and their shells (the back-projector's; public for the callers that
+        #: compare or insert the cached spectra themselves, class3d/variability.py)
+        self._pixels, self.k2d, self.row_weight = back.pixels, back.k2d, back.row_weight
         axis = torch.arange(back.padded_size, device=self.device, dtype=torch.float64)
         axis = (axis - back.padded_size // 2) ** 2
         radius = (axis[:, None, None] + axis[None, :, None] + axis[None, None, :]).sqrt()
         self._padded_shells = (radius / self.padding).round().long().flatten()
-        self._pixel_shell = shell_index(self.box_size, 2, device=self.device).flatten()[back.pixels]
+        self.pixel_shell = shell_index(self.box_size, 2, device=self.device).flatten()[back.pixels]
         n_pix = len(back.pixels)
         self._cache = None
         if cache and self.n_items * n_pix * 12 <= CACHE_BYTES:
@@ -189,7 +192,7 @@ class SliceMatch(Dissimilarity):
             values["ctf"] = torch.ones(values["x"].shape, device=self.device)
         return values
 
-    def _read(self, index: Tensor) -> dict[str, Tensor]:
+    def read(self, index: Tensor) -> dict[str, Tensor]:
         """:meth:`_compute` of ``index``, from the cache where the particles were seen before
         (images, FFTs and CTFs are the same every pass)."""
         if self._cache is None:
@@ -213,19 +216,24 @@ class SliceMatch(Dissimilarity):
         last = self._projector[2]
         if last is not None and torch.equal(last[0], index):
             return last[1]
-        slices = self._projector[1].sample(self.rotations[index.to(self.device)], self._k2d) * ctf
+        slices = self._projector[1].sample(self.rotations[index.to(self.device)], self.k2d) * ctf
         self._projector = (*self._projector[:2], (index.clone(), slices))
         return slices
+
+    @property
+    def pixel_weight(self) -> Tensor:
+        """``(n,)`` the distance's weight of each band pixel: half-plane weight × noise weight."""
+        return self.row_weight * self.shell_weight[self.pixel_shell]
 
     def items(self, index: Tensor) -> Tensor:
         raise InputError("3D classes start from maps (class3d init: simple, maps or reference), "
                          "not from particle images")
 
     def dissimilarity(self, index: Tensor, centers: Tensor) -> Tensor:
-        data = self._read(index)
+        data = self.read(index)
         x = data["x"]
         cp = self._projections(index, centers, data["ctf"])
-        w = self._row_weight * self.shell_weight[self._pixel_shell]
+        w = self.pixel_weight
         xx = (w * x.abs() ** 2).sum(-1)
         xp = (w * (x.conj() * cp).real).sum(-1)  # (K, B)
         pp = (w * cp.abs() ** 2).sum(-1)
@@ -254,7 +262,7 @@ class SliceMatch(Dissimilarity):
         return out
 
     def _own_share(self, k: int, weight: Tensor, gains: Tensor) -> None:
-        """Class ``k``'s shell-averaged weight W̄ (with ε, as :meth:`_reconstruct` divides) and
+        """Class ``k``'s shell-averaged weight W̄ (with ε, as :meth:`reconstruct` divides) and
         filter gains, for :meth:`leave_one_out`."""
         used = weight[weight > 0]
         epsilon = self.regularisation * float(used.mean()) if len(used) else 0.0
@@ -275,13 +283,13 @@ class SliceMatch(Dissimilarity):
     def _own_class_factors(self, index: Tensor, x: Tensor, ctf: Tensor, cp: Tensor) -> Tensor:
         """``(B, K)`` ratio of each particle's distance to class k's map without it to the
         distance with it, were it a member of k (module docstring)."""
-        shell = self._pixel_shell
+        shell = self.pixel_shell
         alpha = (ctf[None] ** 2 * OVERLAP / self.padding**3
                  / self._share[:, shell][:, None].float()).clamp(max=0.5)  # (K, B, n)
         gain = self._gain[:, shell][:, None]
         r = x[None] - cp
         corrected = (r - alpha * (1 - gain) * x[None]) / (1 - alpha)
-        w = self._row_weight * self.shell_weight[shell]
+        w = self.pixel_weight
         before = (w * r.abs() ** 2).sum(-1)
         after = (w * corrected.abs() ** 2).sum(-1)
         return (after / before.clamp_min(1e-30)).T
@@ -313,16 +321,16 @@ class SliceMatch(Dissimilarity):
         """Σ |X − c·P_own|² per shell of each particle against its class (the noise model)."""
         cp = self._projections(index, centers, data["ctf"])
         own = cp[labels.to(self.device), torch.arange(len(index), device=self.device)]
-        power = (self._row_weight * (data["x"] - own).abs() ** 2).double().sum(0)
-        stats["residual"].index_add_(0, self._pixel_shell, power)
+        power = (self.row_weight * (data["x"] - own).abs() ** 2).double().sum(0)
+        stats["residual"].index_add_(0, self.pixel_shell, power)
         stats["residual_count"].index_add_(
-            0, self._pixel_shell, self._row_weight.double().expand(len(index), -1).sum(0))
+            0, self.pixel_shell, self.row_weight.double().expand(len(index), -1).sum(0))
 
     def statistics(self, index: Tensor, labels: Tensor, centers: Tensor) -> dict[str, Tensor]:
         stats = self._empty(centers.shape[0])
         if not len(index):
             return stats
-        data = self._read(index)
+        data = self.read(index)
         labels = labels.to(self.device)
         for k in torch.unique(labels).tolist():
             self._insert(stats, k, index, torch.nonzero(labels == k).squeeze(1), data, None)
@@ -336,7 +344,7 @@ class SliceMatch(Dissimilarity):
         stats = self._empty(centers.shape[0])
         if not len(index):
             return stats
-        data = self._read(index)
+        data = self.read(index)
         q = q.to(self.device)
         keep = q >= 1e-3 * q.amax(1, keepdim=True)
         for k in range(q.shape[1]):
@@ -354,7 +362,8 @@ class SliceMatch(Dissimilarity):
         self._use(BackProjector(self.box_size, padding=self.padding, device=self.device),
                   cache=False)
 
-    def _reconstruct(self, numerator: Tensor, weight: Tensor) -> Tensor:
+    def reconstruct(self, numerator: Tensor, weight: Tensor) -> Tensor:
+        """The map Σ c·X / (Σ c² + ε) of padded grids ``numerator``/``weight`` (module docstring)."""
         used = weight[weight > 0]
         epsilon = self.regularisation * float(used.mean()) if len(used) else 0.0
         return invert(numerator, weight, box_size=self.box_size, padding=self.padding,
@@ -376,8 +385,8 @@ class SliceMatch(Dissimilarity):
             if not float(counts[j]) > 0:
                 continue
             for h in (0, 1):
-                halves[j, h] = self._reconstruct(numerator[j, h], weight[j, h])
-            full = self._reconstruct(numerator[j].sum(0), weight[j].sum(0))
+                halves[j, h] = self.reconstruct(numerator[j, h], weight[j, h])
+            full = self.reconstruct(numerator[j].sum(0), weight[j].sum(0))
             curve = fsc(halves[j, 0] * self.reference_mask, halves[j, 1] * self.reference_mask)
             curves[j] = curve.cpu().numpy()
             merit = torch.sqrt((2 * curve / (1 + curve)).clamp(0, 1)).float()
