@@ -65,6 +65,7 @@ _EXPORTS = {
     "HeteroSimulation": "ackmeans_torch.sim.hetero",
     "simulate_hetero": "ackmeans_torch.sim.hetero",
     "Classify2D": "ackmeans_torch.trust.classifier",
+    "Classify3D": "ackmeans_torch.trust.classifier",
     "reproduce": "ackmeans_torch.trust.reproduce",
     "SplitOptions": "ackmeans_torch.trust.split",
     "exhaustive_split": "ackmeans_torch.trust.split",

@@ -1,17 +1,32 @@
 """Time and memory of one round of 3D classification (E-step distances to every class's
-projections + M-step reconstructions), and how they grow with N and K.
+projections + M-step reconstructions), side by side with RELION Class3D per iteration, and how
+they grow with N and K.
 
-Particles: the built-in heterogeneous phantom set (``sim.hetero.HeteroSimulation``, 64 px,
-4 Å/px, CTF, SNR 1/10) held in memory, simulated once at the largest N and sliced. Per (N, K):
-one round at the target resolution ``--resolution`` (the E-step band and the back-projected
-band), timed alone after the start maps are made: ``ClusterOptions(max_iter=1)`` runs the
-initial assignment and one round, so the printed time is (total − start maps) / 2 passes. Peak
-RSS is read from ``resource.getrusage`` in a fresh process per row, so rows do not inherit each
-other's peaks. Every row carries the torch threads, ``OMP_NUM_THREADS`` and the 1-minute load
-average before it.
+Side by side (``--relion N ...``, default 3,000 and 30,000): the 70S benchmark set of
+``scripts/bench_class3d.py`` (3 states 50/30/20 %, 64 px of 5.08 Å, CTF, SNR 1/10, pose noise
+2°/1 px, as ``experiment=hetero3d_70s`` makes it, written to ``particles.star``) is classified
+by RELION (``relion_refine --skip_align --K 3 --tau2_fudge 4 --iter 2 --j 2``, niced, the exact
+lines of ``bench_class3d.relion_commands``; seconds per iteration = the mean time between
+consecutive ``run_itNNN_data.star`` files) and then by ours on the same STAR, K = 3, with one
+torch thread and with two, at our target resolution and at the band RELION's iterations used
+(its ``rlnCurrentImageSize``: the work per particle grows with the band's area, so this is the
+like-for-like row). Ours: a fresh process
+per row reads the STAR, makes the start maps (random halves, RELION's reference is made
+outside its iterations too), then ``fit_clusters(max_iter=1)`` runs the initial assignment and
+one round: the printed time is that / 2 passes, each an E-step over all particles and a
+complete M-step (the K class maps, their half maps and FSC). The ratio is RELION's seconds per
+iteration over ours per round.
 
-    python scripts/bench_class3d_scale.py                         # N 10k, 30k, 100k at K 4; K 2, 8 at 30k
-    python scripts/bench_class3d_scale.py --rows 2000x4 --resolution 12
+Scale rows (``--rows NxK ...``): ours only, on the built-in heterogeneous phantom set
+(``sim.hetero.HeteroSimulation``, 64 px, 4 Å/px, CTF, SNR 1/10) held in memory, simulated in a
+fresh process per row; peak RSS from ``resource.getrusage`` of that process.
+
+Every row carries its torch threads and the 1-minute load average when it ended, without
+which timings on a shared machine mean nothing.
+
+    python scripts/bench_class3d_scale.py                         # side by side at 3k, 30k; scale rows
+    python scripts/bench_class3d_scale.py --relion 3000 --rows 2000x4
+    python scripts/bench_class3d_scale.py --relion --rows 100000x4 30000x2 30000x8
 """
 
 from __future__ import annotations
@@ -23,12 +38,20 @@ os.environ.setdefault("OMP_NUM_THREADS", "1")
 
 import json  # noqa: E402
 import resource  # noqa: E402
+import shlex  # noqa: E402
 import subprocess  # noqa: E402
 import sys  # noqa: E402
 import time  # noqa: E402
+from pathlib import Path  # noqa: E402
+
+import numpy as np  # noqa: E402
+
+REPO = Path(__file__).resolve().parents[1]
 
 
-def one_row(n: int, k: int, resolution: float, device: str) -> dict:
+def time_round(source, n_classes: int, resolution: float) -> dict:
+    """Start maps, then the initial assignment and one round of ACK-means (β 0.5) on
+    ``source`` (particles with poses and CTF): seconds per pass and of the start maps."""
     import torch
 
     from ackmeans_torch.class3d.model import SliceMatch
@@ -36,52 +59,143 @@ def one_row(n: int, k: int, resolution: float, device: str) -> dict:
     from ackmeans_torch.cluster.engine import fit_clusters, identity
     from ackmeans_torch.cluster.penalties import QuadraticPenalty
     from ackmeans_torch.data.prepared import PreprocessOptions, preprocess
-    from ackmeans_torch.data.source import ArraySource
-    from ackmeans_torch.sim.hetero import HeteroSimulation, simulate_hetero
 
-    data = simulate_hetero(HeteroSimulation(n_particles=n, snr=0.1), seed=0)
-    source = preprocess(ArraySource(data.images, data.particles, pixel_size=data.voxel_size),
-                        PreprocessOptions(phase_flip=False), device=device)
+    source = preprocess(source, PreprocessOptions(phase_flip=False))
     provider = SliceMatch(source, resolution=resolution, mask_radius=source.mask_radius)
     generator = torch.Generator().manual_seed(0)
     start = time.perf_counter()
-    maps = initial_maps(provider, Class3DOptions(init="simple", resolution=resolution), k,
-                        generator=generator, shard=identity, reduce=identity)
+    maps = initial_maps(provider, Class3DOptions(init="simple", resolution=resolution),
+                        n_classes, generator=generator, shard=identity, reduce=identity)
     made = time.perf_counter()
     fit_clusters(provider, maps, rule=QuadraticPenalty(beta=0.5), max_iter=1, sigma0=0.0,
                  batch_size=1, chunk_size=1024, generator=generator)
     end = time.perf_counter()
-    peak_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-    return {"n": n, "k": k, "start_s": made - start, "round_s": (end - made) / 2,
-            "peak_mb": peak_mb, "threads": torch.get_num_threads()}
+    return {"n": provider.n_items, "k": n_classes, "start_s": made - start,
+            "round_s": (end - made) / 2,
+            "peak_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+            "threads": torch.get_num_threads()}
+
+
+def child(args) -> dict:
+    """One row in this (fresh) process: ``--child NxK`` on the phantom set, or
+    ``--child-star STAR`` with ``--k`` classes."""
+    if args.child_star:
+        from ackmeans_torch.data.stack import open_source
+
+        return time_round(open_source(args.child_star), args.k, args.resolution)
+    import warnings
+
+    from ackmeans_torch.data.source import ArraySource
+    from ackmeans_torch.sim.hetero import HeteroSimulation, simulate_hetero
+
+    n, k = map(int, args.child.split("x"))
+    data = simulate_hetero(HeteroSimulation(n_particles=n, snr=0.1), seed=0)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # one round never converges: that is the point
+        return time_round(ArraySource(data.images, data.particles, pixel_size=data.voxel_size),
+                          k, args.resolution)
+
+
+def run_child(extra: list[str], *, threads: int, resolution: float) -> dict:
+    env = dict(os.environ, OMP_NUM_THREADS=str(threads), PYTHONWARNINGS="ignore")
+    out = subprocess.run([sys.executable, __file__, *extra, "--resolution", str(resolution)],
+                         capture_output=True, text=True, check=True, env=env)
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def relion_per_iteration(set_dir: Path, *, box: float, n_classes: int, lowpass: float,
+                         threads: int) -> tuple[list, float]:
+    """Run RELION's reference and Class3D lines (``bench_class3d.relion_commands``, 2
+    iterations; particle diameter 90% of the ``box`` in Å) in ``set_dir``; the seconds of each
+    iteration, and the band those iterations compared and inserted: the mean
+    ``rlnCurrentImageSize`` / 2 of their model.star (RELION's ``current_size``: from
+    ``--ini_high`` plus ``--incr_size`` shells, far short of Nyquist in early iterations)."""
+    from bench_class3d import relion_commands
+
+    from ackmeans_torch.io.star import read_star
+
+    run_dir = set_dir / "r3d_speed"
+    run_dir.mkdir(parents=True, exist_ok=True)
+    commands = relion_commands(n_classes=n_classes, n_iter=2, diameter=0.9 * box,
+                               lowpass=lowpass, threads=threads)
+    commands[-1][commands[-1].index("--o") + 1] = "r3d_speed/run"
+    with open(run_dir / "relion.log", "w") as log:
+        for command in commands:
+            print("  $ (cd", set_dir, "&& nice -n 10", shlex.join(command) + ")", flush=True)
+            subprocess.run(["nice", "-n", "10", *command], cwd=set_dir, stdout=log,
+                           stderr=subprocess.STDOUT, check=True)
+    times = [(run_dir / f"run_it{i:03d}_data.star").stat().st_mtime for i in range(3)]
+    sizes = [float(read_star(run_dir / f"run_it{i:03d}_model.star")["model_general"]
+                   ["rlnCurrentImageSize"]) for i in (1, 2)]
+    return np.diff(times).tolist(), float(np.mean(sizes)) / 2
+
+
+def side_by_side(n: int, args) -> list[str]:
+    from bench_class3d import MAP, simulate_set
+
+    if not MAP.is_file():
+        raise SystemExit(f"{MAP} is absent: the 70S map lives in ../shared/data beside the repo "
+                         "(or skip the side-by-side rows: --relion)")
+    set_dir = args.out / f"n{n}"
+    start = time.perf_counter()
+    data = simulate_set(set_dir, n=n, snr=0.1, populations=[0.5, 0.3, 0.2], seed=0,
+                        angle_noise=2.0, shift_noise=1.0)
+    print(f"# simulated {n} particles of the 70S set in {time.perf_counter() - start:.0f} s "
+          f"-> {set_dir}", flush=True)
+    size = data.images.shape[-1]
+    per_iter, band = relion_per_iteration(set_dir, box=size * data.voxel_size, n_classes=3,
+                                          lowpass=args.lowpass, threads=args.j)
+    relion = float(np.mean(per_iter))
+    same = size * data.voxel_size / band  # RELION's band as a target resolution (Å)
+    lines = [f"| {n:,} | 3 | RELION 3.1 `--j {args.j}`, its band {same:.1f} Å ({band:g} px) | "
+             f"{relion:.1f} per iteration ({', '.join(f'{t:.1f}' for t in per_iter)}) | - | "
+             f"{os.getloadavg()[0]:.1f} |"]
+    print(lines[-1], flush=True)
+    for threads in (1, 2):
+        for resolution in (args.resolution, same):
+            r = run_child(["--child-star", str(set_dir / "particles.star"), "--k", "3"],
+                          threads=threads, resolution=resolution)
+            lines.append(f"| {n:,} | 3 | ours, band {resolution:.1f} Å, {threads} torch "
+                         f"thread{'s' * (threads > 1)} | {r['round_s']:.2f} per round | "
+                         f"{relion / r['round_s']:.1f} | {os.getloadavg()[0]:.1f} |")
+            print(lines[-1], flush=True)
+    return lines
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--relion", nargs="*", type=int, default=[3000, 30000],
+                        help="N of the side-by-side rows with RELION (none: skip them)")
     parser.add_argument("--rows", nargs="*",
                         default=["10000x4", "30000x4", "100000x4", "30000x2", "30000x8"],
-                        help="NxK per row")
-    parser.add_argument("--resolution", type=float, default=12.0, help="target resolution (Å)")
-    parser.add_argument("--device", default="cpu")
+                        help="NxK per scale row (ours only)")
+    parser.add_argument("--resolution", type=float, default=12.0,
+                        help="our target resolution (Å); the side-by-side rows add RELION's band")
+    parser.add_argument("--lowpass", type=float, default=40.0,
+                        help="RELION's initial reference low-pass and --ini_high (Å)")
+    parser.add_argument("--j", type=int, default=2, help="RELION threads (--j)")
+    parser.add_argument("--threads", type=int, default=1, help="torch threads of the scale rows")
+    parser.add_argument("--out", type=Path, default=REPO / "runs" / "bench_class3d_scale")
     parser.add_argument("--child", help=argparse.SUPPRESS)
+    parser.add_argument("--child-star", help=argparse.SUPPRESS)
+    parser.add_argument("--k", type=int, default=3, help=argparse.SUPPRESS)
     args = parser.parse_args()
-    if args.child:
-        n, k = map(int, args.child.split("x"))
-        print(json.dumps(one_row(n, k, args.resolution, args.device)))
+    if args.child or args.child_star:
+        print(json.dumps(child(args)))
         return
-    print(f"# 3D classification, one round: 64 px, target {args.resolution} Å, device "
-          f"{args.device}, OMP_NUM_THREADS={os.environ.get('OMP_NUM_THREADS')}")
-    print(f"{'N':>8} {'K':>3} {'round (s)':>10} {'per 1k particles (s)':>21} "
-          f"{'start maps (s)':>15} {'peak RSS (MB)':>14} {'threads':>8} {'load':>6}")
-    for row in args.rows:
-        load = os.getloadavg()[0]
-        out = subprocess.run([sys.executable, __file__, "--child", row, "--resolution",
-                              str(args.resolution), "--device", args.device],
-                             capture_output=True, text=True, check=True)
-        r = json.loads(out.stdout.strip().splitlines()[-1])
-        print(f"{r['n']:>8} {r['k']:>3} {r['round_s']:>10.1f} {1000 * r['round_s'] / r['n']:>21.3f} "
-              f"{r['start_s']:>15.1f} {r['peak_mb']:>14.0f} {r['threads']:>8} {load:>6.1f}",
-              flush=True)
+    print(f"# 3D classification, one round: 64 px, target {args.resolution:g} Å band unless said")
+    if args.relion:
+        print("\n| N | K | program | seconds | RELION / ours | load |\n|---|---|---|---|---|---|")
+        for n in args.relion:
+            side_by_side(n, args)
+    if args.rows:
+        print("\n| N | K | s per round | s per 1k particles | start maps (s) | peak RSS (MB) | "
+              "torch threads | load |\n|---|---|---|---|---|---|---|---|")
+        for row in args.rows:
+            r = run_child(["--child", row], threads=args.threads, resolution=args.resolution)
+            print(f"| {r['n']:,} | {r['k']} | {r['round_s']:.2f} | "
+                  f"{1000 * r['round_s'] / r['n']:.3f} | {r['start_s']:.1f} | "
+                  f"{r['peak_mb']:,.0f} | {r['threads']} | {os.getloadavg()[0]:.1f} |", flush=True)
 
 
 if __name__ == "__main__":

@@ -20,11 +20,12 @@ TINY = ["sim.n_centres=2", "sim.per_centre=20", "sim.box_size=32", "sim.snr=0.5"
     ("reproduce", ["dimension=4d"], "dimension='4d' is not available"),
     ("split", ["split.alpha=0.001", "split.null_draws=99"], "raise null_draws or alpha"),
     ("reproduce", ["replicates=1"], "replicates=1 must be an integer >= 2"),
+    ("split", ["workers=0"], "workers=0 must be an integer >= 1"),
 ])
 def test_bad_input_is_one_line_exit_2_with_nothing_written(capsys, monkeypatch, tmp_path,
                                                            command, overrides, needle):
-    """A dimension without a classifier, a test that cannot reach its alpha, or one replicate:
-    one line naming the key, exit code 2, and the fresh run directory removed."""
+    """A dimension without a classifier, a test that cannot reach its alpha, one replicate or no
+    worker: one line naming the key, exit code 2, and the fresh run directory removed."""
     run = tmp_path / "run"
     code, _, err = run_cli(capsys, monkeypatch, command, *TINY, *overrides, f"out_dir={run}")
     assert_one_line(code, err, needle)

@@ -13,15 +13,24 @@ under the soft circular particle mask, moved back by its origin. ``w_f`` is 1, o
 with ``whiten`` (σ² the members' residual power per shell, measured in the previous M-step:
 RELION's noise model). With ``scale`` each particle's projection is first scaled by the
 least-squares factor a = max(0, Re⟨X, cP⟩ / ‖cP‖²) (RELION's per-particle scale correction).
-All K projections of a chunk come from one multi-channel interpolation
-(:meth:`FourierProjector.sample`).
+All K projections of a chunk come from one sparse product (:meth:`FourierProjector.sample_cells`:
+each pixel's 8 trilinear corners, every class at once), and the per-pixel terms |X|², Re(X̄·cP),
+|cP|² serve the distance and the own-class correction alike.
 
-M-step, per class, from the summed statistics: the numerator Σ c·X and weight Σ c² of the
-:class:`BackProjector` of each half set (particles split once by ``rlnRandomSubset`` when the
-table has it, else alternately), so the statistics add over chunks and processes. Each class
-gives two half maps and the full map, each Σ c·X / (Σ c² + ε) with ε = ``regularisation`` × the
-class's mean weight per voxel (a constant Wiener term that keeps sparsely sampled voxels from
-dividing by almost nothing). During the loop only the band out to the target resolution is
+Where the time goes (one round: every particle compared with K maps, then inserted into its
+class): per band pixel, the 8 corners of its trilinear cell on the padded grid. The poses never
+change, so each particle's cells are made once and kept (``CELL_CACHE_BYTES``), and a chunk's
+E-step and M-step share them; the statistics hold only the window of the padded grid the band
+reaches (:func:`~ackmeans_torch.ops.projection.band_window`), so the per-chunk grids, their sums
+and the inversions are that much smaller.
+
+M-step, per class, from the summed statistics: the numerator Σ c·X and weight Σ c² of each half
+set (particles split once by ``rlnRandomSubset`` when the table has it, else alternately), as
+:class:`BackProjector` inserts them, on the band's window, all classes and halves of a chunk in
+one splat (:func:`~ackmeans_torch.ops.projection.splat`), so the statistics add over chunks and
+processes. Each class gives two half maps and the full map, each Σ c·X / (Σ c² + ε) with
+ε = ``regularisation`` × the class's mean weight per voxel (a constant Wiener term that keeps
+sparsely sampled voxels from dividing by almost nothing). During the loop only the band out to the target resolution is
 back-projected (the references are low-passed there anyway; the cost grows with the band's
 area); the final maps are made once more from the final classes to Nyquist
 (:meth:`SliceMatch.full_band`). The half maps' FSC (under the reference mask) gives the class's
@@ -60,7 +69,8 @@ from ackmeans_torch.io.star import origins_px
 from ackmeans_torch.ops.fourier import filter_shells, fsc, resolution_at, shell_index
 from ackmeans_torch.ops.polar import circular_mask, spherical_mask
 from ackmeans_torch.ops.projection import (
-    BackProjector, FourierProjector, invert, mirror, relion_origin_to_shift,
+    BackProjector, Cells, FourierProjector, band_window, invert, mirror, relion_origin_to_shift,
+    slice_cells, splat,
 )
 from ackmeans_torch.ops.rotations import euler_to_matrix
 
@@ -72,6 +82,10 @@ SOFT_EDGE = 3.0
 #: memory for every particle's spectrum and CTF at the band's pixels, kept across passes
 #: (12 B per pixel: 100,000 particles at 64 px and a 12 Å band of 4 Å pixels take 0.8 GB)
 CACHE_BYTES = 2 * 2**30
+#: memory for their trilinear cells on the padded grid and each chunk's order of them, kept
+#: across passes as the poses never change (68 B per pixel: 30,000 particles there take 1.5 GB;
+#: beyond it they are made afresh in every pass)
+CELL_CACHE_BYTES = 3 * 2**30
 #: mean overlap Π (1 − f)² + f² of trilinear insertion and interpolation at the same point,
 #: f uniform in each axis (leave_one_out)
 OVERLAP = (2 / 3) ** 3
@@ -158,15 +172,20 @@ class SliceMatch(Dissimilarity):
     # -- particles --------------------------------------------------------------------------
     def _use(self, back: BackProjector, *, cache: bool) -> None:
         """Compare and insert at ``back``'s pixels; keep every particle's values across passes
-        when ``cache`` and they fit in :data:`CACHE_BYTES`."""
+        when ``cache`` and they fit in :data:`CACHE_BYTES`, and their cells when they fit in
+        :data:`CELL_CACHE_BYTES`."""
         self._back = back
         self._projector = None  # its kept slices are at the old pixels
+        self._cells: tuple[Tensor, tuple[int, int], Cells] | None = None
+        #: the window of the padded grid the statistics hold (:func:`band_window`): the band's
+        #: cells and shells; the whole grid to Nyquist
+        self.window = band_window(back.padded_size, self.padding, back.max_radius, border=False)
         #: the band's pixels (flat indices into the centred L × L spectrum), their (kx, ky) and
         #: half-plane weights, and their shells (the back-projector's; public for the callers that
         #: compare or insert the cached spectra themselves, class3d/variability.py)
         self._pixels, self.k2d, self.row_weight = back.pixels, back.k2d, back.row_weight
-        axis = torch.arange(back.padded_size, device=self.device, dtype=torch.float64)
-        axis = (axis - back.padded_size // 2) ** 2
+        side = self.window[1]
+        axis = (torch.arange(side, device=self.device, dtype=torch.float64) - side // 2) ** 2
         radius = (axis[:, None, None] + axis[None, :, None] + axis[None, None, :]).sqrt()
         self._padded_shells = (radius / self.padding).round().long().flatten()
         self.pixel_shell = shell_index(self.box_size, 2, device=self.device).flatten()[back.pixels]
@@ -177,6 +196,13 @@ class SliceMatch(Dissimilarity):
                                             device=self.device),
                            "ctf": torch.ones((self.n_items, n_pix), device=self.device),
                            "filled": torch.zeros(self.n_items, dtype=torch.bool)}
+        self._cell_cache, self._orders = None, {}
+        if cache and self.n_items * n_pix * 68 <= CELL_CACHE_BYTES:
+            self._cell_cache = {
+                "columns": torch.zeros((self.n_items, n_pix, 8), dtype=torch.int32,
+                                       device=self.device),
+                "weights": torch.zeros((self.n_items, n_pix, 8), device=self.device),
+                "filled": torch.zeros(self.n_items, dtype=torch.bool)}
 
     def _compute(self, index: Tensor) -> dict[str, Tensor]:
         """The particles' masked spectra at the pixels, moved back by their origins, and their
@@ -207,16 +233,49 @@ class SliceMatch(Dissimilarity):
         rows = index.to(self.device)
         return {"x": cache["x"][rows], "ctf": cache["ctf"][rows]}
 
+    def _slice_cells(self, index: Tensor, window: tuple[int, int]) -> Cells:
+        """The trilinear cells of the particles' band pixels on ``window``: the last chunk's are
+        kept (its E-step and M-step sample and splat at the same points), and every particle's
+        on the statistics' window where they fit in :data:`CELL_CACHE_BYTES` (the poses never
+        change, so neither do the cells: ``rotations`` must not change after the first pass)."""
+        kept = self._cells
+        if kept is not None and kept[1] == window and torch.equal(kept[0], index):
+            return kept[2]
+        start, side = window
+        cache = self._cell_cache if window == self.window else None
+        if cache is None:
+            cells = slice_cells(self.k2d, self.rotations[index.to(self.device)],
+                                padding=self.padding, padded_size=self._back.padded_size,
+                                start=start, side=side)
+        else:
+            new = index[~cache["filled"][index.cpu()].to(index.device)]
+            if len(new):
+                made = slice_cells(self.k2d, self.rotations[new.to(self.device)],
+                                   padding=self.padding, padded_size=self._back.padded_size,
+                                   start=start, side=side)
+                rows = new.to(self.device)
+                cache["columns"][rows] = made.columns.view(len(new), -1, 8)
+                cache["weights"][rows] = made.weights.view(len(new), -1, 8)
+                cache["filled"][new.cpu()] = True
+            rows = index.to(self.device)
+            cells = Cells(cache["columns"][rows].view(-1, 8), cache["weights"][rows].view(-1, 8))
+        self._cells = (index.clone(), window, cells)
+        return cells
+
     def _projections(self, index: Tensor, centers: Tensor, ctf: Tensor) -> Tensor:
-        """``(K, B, n)`` c·P_A(V_k) at the pixels; the last chunk's are kept (the loop asks for
-        its distances, then, with ``whiten``, for its residuals to the same maps)."""
+        """``(B, n, 2, K)`` real and imaginary parts of c·P_A(V_k) at the pixels; the last
+        chunk's are kept (the loop asks for its distances, then, with ``whiten``, for its
+        residuals to the same maps)."""
         if self._projector is None or self._projector[0] is not centers:
             # held with the centres it was made from: the same tensor object within a pass
-            self._projector = (centers, FourierProjector(centers, padding=self.padding), None)
+            self._projector = (centers, FourierProjector(centers, padding=self.padding,
+                                                         max_radius=self._back.max_radius), None)
         last = self._projector[2]
         if last is not None and torch.equal(last[0], index):
             return last[1]
-        slices = self._projector[1].sample(self.rotations[index.to(self.device)], self.k2d) * ctf
+        projector = self._projector[1]
+        cells = self._slice_cells(index, projector.window)
+        slices = projector.sample_cells(cells).view(*ctf.shape, 2, -1) * ctf[..., None, None]
         self._projector = (*self._projector[:2], (index.clone(), slices))
         return slices
 
@@ -231,22 +290,26 @@ class SliceMatch(Dissimilarity):
 
     def dissimilarity(self, index: Tensor, centers: Tensor) -> Tensor:
         data = self.read(index)
-        x = data["x"]
-        cp = self._projections(index, centers, data["ctf"])
+        x, ctf = data["x"], data["ctf"]
+        cp = self._projections(index, centers, ctf)
         w = self.pixel_weight
-        xx = (w * x.abs() ** 2).sum(-1)
-        xp = (w * (x.conj() * cp).real).sum(-1)  # (K, B)
-        pp = (w * cp.abs() ** 2).sum(-1)
+        # per pixel |X|², Re(X̄·cP_k), |cP_k|² (B, n, K), then their weighted sums over the pixels
+        re, im = x.real, x.imag
+        x2 = re * re + im * im
+        xp = torch.addcmul(cp[:, :, 0] * re[..., None], cp[:, :, 1], im[..., None])
+        p2 = torch.addcmul(cp[:, :, 0].square(), cp[:, :, 1], cp[:, :, 1])
+        xx, sxp, spp = x2 @ w, torch.einsum("bnk,n->bk", xp, w), torch.einsum("bnk,n->bk", p2, w)
+        plain = xx[:, None] - 2 * sxp + spp
         if self.scale:
-            a = (xp / pp.clamp_min(1e-30)).clamp_min(0)
-            d = xx - 2 * a * xp + a**2 * pp
+            a = (sxp / spp.clamp_min(1e-30)).clamp_min(0)
+            d = xx[:, None] - 2 * a * sxp + a**2 * spp
         else:
-            d = xx - 2 * xp + pp
+            d = plain
         if self._share is not None and self._n_classes == centers.shape[0]:
             self._last_index = index
             self._own_factors[index.to(self.device)] = self._own_class_factors(
-                index, x, data["ctf"], cp)
-        return d.T.clamp_min(0.0)
+                ctf, x2, xp, p2, plain)
+        return d.clamp_min(0.0)
 
     def leave_one_out(self, d: Tensor, current: Tensor, members: Tensor) -> Tensor:
         """Own-class distances to the class map without the particle (module docstring), for
@@ -268,7 +331,8 @@ class SliceMatch(Dissimilarity):
         epsilon = self.regularisation * float(used.mean()) if len(used) else 0.0
         symmetric = (weight + mirror(weight)).flatten().double()
         shells = self._padded_shells
-        total = torch.zeros(int(shells.max()) + 1, dtype=torch.float64, device=self.device)
+        total = torch.zeros(max(int(shells.max()) + 1, self.n_shells), dtype=torch.float64,
+                            device=self.device)
         count = torch.zeros_like(total)
         total.index_add_(0, shells, symmetric)
         count.index_add_(0, shells, torch.ones_like(symmetric))
@@ -280,48 +344,79 @@ class SliceMatch(Dissimilarity):
         self._share[k] = mean
         self._gain[k] = gains[: self.n_shells].to(self.device)
 
-    def _own_class_factors(self, index: Tensor, x: Tensor, ctf: Tensor, cp: Tensor) -> Tensor:
+    def _own_class_factors(self, ctf: Tensor, x2: Tensor, xp: Tensor, p2: Tensor,
+                           before: Tensor) -> Tensor:
         """``(B, K)`` ratio of each particle's distance to class k's map without it to the
-        distance with it, were it a member of k (module docstring)."""
+        distance with it, were it a member of k (module docstring), from the per-pixel
+        ``x2 (B, n)`` = |X|², ``xp``, ``p2 (B, n, K)`` = Re(X̄·cP), |cP|² and the distances
+        ``before (B, K)``: with r = X − cP and β = α(1 − g), |r − βX|² = (1 − β)²|X|²
+        − 2(1 − β) Re(X̄·cP) + |cP|², so no (B, n, K) complex residual is formed."""
         shell = self.pixel_shell
-        alpha = (ctf[None] ** 2 * OVERLAP / self.padding**3
-                 / self._share[:, shell][:, None].float()).clamp(max=0.5)  # (K, B, n)
-        gain = self._gain[:, shell][:, None]
-        r = x[None] - cp
-        corrected = (r - alpha * (1 - gain) * x[None]) / (1 - alpha)
-        w = self.pixel_weight
-        before = (w * r.abs() ** 2).sum(-1)
-        after = (w * corrected.abs() ** 2).sum(-1)
-        return (after / before.clamp_min(1e-30)).T
+        share = (OVERLAP / self.padding**3 / self._share[:, shell].T).float()  # (n, K)
+        alpha = (ctf.square()[..., None] * share).clamp_(max=0.5)  # (B, n, K)
+        keep = 1 - alpha * (1 - self._gain[:, shell].T)  # 1 − β
+        scale = (1 - alpha).square_().reciprocal_().mul_(self.pixel_weight[:, None])
+        after = keep * x2[..., None]
+        after.sub_(xp, alpha=2).mul_(keep).add_(p2).mul_(scale)
+        return after.sum(1) / before.clamp_min(1e-30)
 
     # -- M-step ----------------------------------------------------------------------------
     def _empty(self, k: int) -> dict[str, Tensor]:
-        p = self._back.padded_size
-        return {"numerator": torch.zeros((k, 2, p, p, p), dtype=torch.complex64, device=self.device),
-                "weight": torch.zeros((k, 2, p, p, p), dtype=torch.float32, device=self.device),
+        side = self.window[1]
+        return {"numerator": torch.zeros((k, 2) + (side,) * 3, dtype=torch.complex64,
+                                         device=self.device),
+                "weight": torch.zeros((k, 2) + (side,) * 3, dtype=torch.float32, device=self.device),
                 "residual": torch.zeros((self.n_shells,), dtype=torch.float64, device=self.device),
                 "residual_count": torch.zeros((self.n_shells,), dtype=torch.float64,
                                               device=self.device)}
 
-    def _insert(self, stats: dict[str, Tensor], k: int, index: Tensor, rows: Tensor,
+    def _insert(self, stats: dict[str, Tensor], index: Tensor, slots: Tensor,
                 data: dict[str, Tensor], weights: Tensor | None) -> None:
-        """Back-project the chunk's ``rows`` (positions in ``index``) into class ``k``."""
-        halves = self.halves[index.cpu()].to(self.device)
-        for h in (0, 1):
-            sel = rows[halves[rows] == h]
-            if not len(sel):
-                continue
-            # the back-projector's grids are plain tensors: point them at this class's half
-            self._back.numerator, self._back.weight = stats["numerator"][k, h], stats["weight"][k, h]
-            gidx = index.to(self.device)[sel]
-            self._back.insert_slices(data["x"][sel], self.rotations[gidx], data["ctf"][sel],
-                                     None if weights is None else weights[sel])
+        """Back-project the chunk's particles into the windows ``slots (B,)`` (class·2 + half;
+        −1: none) of the statistics, multiplied by ``weights (B,)`` (soft memberships; None: 1),
+        in one splat whose points are grouped by slot and, within a slot, in the order of their
+        cells (:meth:`_cell_order`): ``index_add_`` then walks each window almost in order,
+        measured 3–4 times faster than in pixel order."""
+        cells = self._slice_cells(index, self.window)
+        order = self._cell_order(index, cells)
+        n_pix, volume = len(self._pixels), self.window[1] ** 3
+        slots = slots.to(self.device)
+        point_slot = slots.index_select(0, torch.div(order, n_pix, rounding_mode="floor"))
+        if bool((point_slot < 0).any()):
+            order, point_slot = order[point_slot >= 0], point_slot[point_slot >= 0]
+        # a stable sort keeps the cells' order within each slot; small keys sort fastest
+        key = point_slot.to(torch.uint8 if int(slots.max()) < 256 else torch.int32)
+        grouped = torch.argsort(key, stable=True)
+        points = order.index_select(0, grouped)
+        first = (cells.columns[:, 0].index_select(0, points).long()
+                 + point_slot.index_select(0, grouped) * volume)
+        ctf = data["ctf"]
+        value = (data["x"] * (ctf * self.row_weight)).view(-1).index_select(0, points)
+        power = (ctf.square() * self.row_weight).view(-1).index_select(0, points)
+        if weights is not None:
+            q = weights.to(self.device).float().index_select(
+                0, torch.div(points, n_pix, rounding_mode="floor"))
+            value, power = value * q, power * q
+        splat(cells, [(stats["numerator"], value), (stats["weight"], power)], first, points)
+
+    def _cell_order(self, index: Tensor, cells: Cells) -> Tensor:
+        """``(M,)`` int64: the chunk's points sorted by their cells' lowest corners; kept per
+        chunk with the cells (the same chunks come back every pass)."""
+        key = (int(index[0]), len(index)) if len(index) else None
+        kept = self._orders.get(key) if self._cell_cache is not None else None
+        if kept is not None and torch.equal(kept[0], index):
+            return kept[1].long()
+        order = torch.argsort(cells.columns[:, 0])
+        if self._cell_cache is not None:
+            self._orders[key] = (index.clone(), order.int())
+        return order
 
     def _add_residuals(self, stats, index, labels, centers, data) -> None:
         """Σ |X − c·P_own|² per shell of each particle against its class (the noise model)."""
         cp = self._projections(index, centers, data["ctf"])
-        own = cp[labels.to(self.device), torch.arange(len(index), device=self.device)]
-        power = (self.row_weight * (data["x"] - own).abs() ** 2).double().sum(0)
+        own = cp.gather(3, labels.to(self.device)[:, None, None, None].expand(*cp.shape[:3], 1))
+        residual = (torch.view_as_real(data["x"]) - own[..., 0]).square().sum(-1)
+        power = (self.row_weight * residual).double().sum(0)
         stats["residual"].index_add_(0, self.pixel_shell, power)
         stats["residual_count"].index_add_(
             0, self.pixel_shell, self.row_weight.double().expand(len(index), -1).sum(0))
@@ -332,8 +427,8 @@ class SliceMatch(Dissimilarity):
             return stats
         data = self.read(index)
         labels = labels.to(self.device)
-        for k in torch.unique(labels).tolist():
-            self._insert(stats, k, index, torch.nonzero(labels == k).squeeze(1), data, None)
+        halves = self.halves[index.cpu()].to(self.device)
+        self._insert(stats, index, labels * 2 + halves, data, None)
         if self.whiten:
             self._add_residuals(stats, index, labels, centers, data)
         return stats
@@ -347,10 +442,11 @@ class SliceMatch(Dissimilarity):
         data = self.read(index)
         q = q.to(self.device)
         keep = q >= 1e-3 * q.amax(1, keepdim=True)
+        halves = self.halves[index.cpu()].to(self.device)
         for k in range(q.shape[1]):
-            rows = torch.nonzero(keep[:, k]).squeeze(1)
-            if len(rows):
-                self._insert(stats, k, index, rows, data, q[:, k])
+            if bool(keep[:, k].any()):
+                self._insert(stats, index, torch.where(keep[:, k], k * 2 + halves, -1), data,
+                             q[:, k])
         if self.whiten:
             self._add_residuals(stats, index, q.argmax(1), centers, data)
         return stats

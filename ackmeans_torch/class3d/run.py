@@ -18,6 +18,11 @@ Convergence is the practitioners' "% of particles changing class": ``ClusterOpti
 
 Initial maps (:class:`Class3DOptions` ``init``):
 
+* ``variability`` (default): the K − 1 leading components of variability about the consensus
+  map, fitted to all particles at their poses (``class3d/variability.py``, probabilistic PCA
+  as cryoSPARC's 3D variability analysis), K-means of every particle's coordinates on them,
+  and each class the reconstruction of its group. Fitted to all N particles instead of maps of
+  random subsets, whose differences are mostly noise when the states differ in a small domain;
 * ``simple`` (cryoSPARC's default): class k starts as the reconstruction of a random subset of
   ``init_subset`` particles (default N // K, disjoint subsets);
 * ``pca`` (cryoSPARC 3D classification's PCA initialisation): ``init_maps`` reconstructions of
@@ -32,11 +37,19 @@ Initial maps (:class:`Class3DOptions` ``init``):
   random-subset reconstruction from their mean, so the classes differ as RELION's random first
   iteration makes them.
 
-All initial maps are low-passed to ``init_resolution`` (default: the target resolution).
+All initial maps are low-passed to ``init_resolution`` (default: the target resolution; 30 Å
+for ``variability``, :data:`VARIABILITY_RESOLUTION`).
+
+``refine_poses`` > 0 first refines every particle's pose locally against the consensus map
+(``class3d/poses.py``; Gauss-Newton on the rotation and shift, that many rounds of map and
+poses): the classification, its maps and the written ``run_data.star`` then use the refined
+poses. Off by default, as RELION's ``--skip_align`` and cryoSPARC's 3D classification keep the
+consensus poses.
 """
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import json
 import logging
@@ -49,6 +62,8 @@ import torch
 from torch import Tensor
 
 from ackmeans_torch.class3d.model import SliceMatch, low_pass_gains
+from ackmeans_torch.class3d.poses import refine_poses, rotation_angle, with_poses
+from ackmeans_torch.class3d.variability import variability
 from ackmeans_torch.classify.checkpoint import (
     CHECKPOINT_NAME, IterationRecorder, config_hash, load_checkpoint,
 )
@@ -68,7 +83,11 @@ from ackmeans_torch.sim.dataset import CENTRE_LABEL_COLUMN
 
 __all__ = ["Class3DOptions", "Class3DResult", "Class3DRun", "run_class3d", "INIT_METHODS"]
 
-INIT_METHODS = ("simple", "pca", "maps", "reference")
+INIT_METHODS = ("variability", "simple", "pca", "maps", "reference")
+#: the default band (Å) of the variability start: the states' differences are large-scale,
+#: every finer shell adds unknowns to the components faster than it adds signal, and at finer
+#: bands the pose terms take a part of a domain's difference (tests/test_class3d_poses.py)
+VARIABILITY_RESOLUTION = 30.0
 #: the fewest particles per random-subset map of the pca start (fewer maps are made instead)
 MIN_MAP_PARTICLES = 100
 log = logging.getLogger(__name__)
@@ -82,9 +101,12 @@ class Class3DOptions:
     ``maps``/``reference``; ``init_subset``: particles per random-subset map (None: N // K for
     ``simple``, N // the number of maps for ``pca``); ``init_maps``: the most maps ``pca`` makes
     (fewer when N / ``init_maps`` < :data:`MIN_MAP_PARTICLES`, never fewer than K);
-    ``init_resolution`` Å: low-pass of the initial maps (None: ``resolution``; 40 Å for
-    ``reference``). ``resolution`` Å: the target resolution (E-step band and the references'
-    low-pass each round; None: Nyquist). ``mask_diameter`` Å: the particle mask and the
+    ``init_resolution`` Å: low-pass of the initial maps and band of the components of
+    ``variability`` (None: ``resolution``; 30 Å for ``variability``, 40 Å for ``reference``);
+    ``init_iterations``: EM rounds of the components of ``variability``; ``refine_poses``:
+    rounds of local pose refinement before classifying (0: the input poses are kept).
+    ``resolution`` Å: the target resolution (E-step band and the references' low-pass each
+    round; None: Nyquist). ``mask_diameter`` Å: the particle mask and the
     references' sphere (None: 90 % of the box); ``mask``: a mask map file (values 0–1) for the
     references instead of the sphere. ``whiten``: per-shell noise weighting from the data;
     ``scale``: a per-particle scale factor; ``regularisation``: the reconstruction's constant
@@ -92,10 +114,12 @@ class Class3DOptions:
     grids; ``use_ctf``: weight by the CTF when the table has one.
     """
 
-    init: str = "pca"
+    init: str = "variability"
     maps: tuple[str, ...] = ()
     init_subset: int | None = None
     init_maps: int = 40
+    init_iterations: int = 10
+    refine_poses: int = 0
     init_resolution: float | None = None
     resolution: float | None = None
     mask_diameter: float | None = None
@@ -119,6 +143,8 @@ class Class3DOptions:
         if self.init_subset is not None:
             check_int("class3d.init_subset", self.init_subset, 1)
         check_int("class3d.init_maps", self.init_maps, 2)
+        check_int("class3d.init_iterations", self.init_iterations, 1)
+        check_int("class3d.refine_poses", self.refine_poses, 0)
         for name in ("init_resolution", "resolution", "mask_diameter"):
             if getattr(self, name) is not None:
                 check_number(f"class3d.{name}", getattr(self, name), 1e-6)
@@ -212,26 +238,56 @@ def _subset_maps(provider: SliceMatch, n_maps: int, subset: int, *,
     return torch.cat(maps)
 
 
-def _pca_start(maps: Tensor, mask: Tensor, n_classes: int, *, seed: int) -> Tensor:
-    """Class maps as the means of groups of ``maps`` clustered on their first K − 1 principal
-    components under ``mask`` (K-means with k-means++ seeding in our engine)."""
+def _groups(coordinates: Tensor, n_classes: int, *, seed: int) -> Tensor:
+    """``(M,)`` labels of K-means (k-means++ seeding, our engine) on ``coordinates (M, q)``."""
     from ackmeans_torch.cluster.engine import SquaredEuclidean
     from ackmeans_torch.cluster.penalties import NoPenalty
 
+    grouping = ClusterOptions(n_classes=n_classes, init="k-means++", max_iter=50, sigma0=0.0,
+                              seed=seed, leave_one_out=False, min_class_size=1, plateau=0)
+    return grouping.fit(SquaredEuclidean(coordinates.float()), rule=NoPenalty()).labels
+
+
+def _pca_start(maps: Tensor, mask: Tensor, n_classes: int, *, seed: int) -> Tensor:
+    """Class maps as the means of groups of ``maps`` clustered on their first K − 1 principal
+    components under ``mask``."""
     x = (maps * mask).flatten(1).double()
     x = x - x.mean(0)
     _, _, components = torch.linalg.svd(x, full_matrices=False)
-    coordinates = x @ components[: max(1, n_classes - 1)].T
-    grouping = ClusterOptions(n_classes=n_classes, init="k-means++", max_iter=50, sigma0=0.0,
-                              seed=seed, leave_one_out=False, min_class_size=1, plateau=0)
-    labels = grouping.fit(SquaredEuclidean(coordinates.float()), rule=NoPenalty()).labels
+    labels = _groups(x @ components[: max(1, n_classes - 1)].T, n_classes, seed=seed)
     return torch.stack([maps[labels == k].mean(0) for k in range(n_classes)])
 
 
+def _variability_start(provider: SliceMatch, options: Class3DOptions, n_classes: int, *,
+                       resolution: float | None, generator: torch.Generator, chunk_size: int,
+                       shard: Shard, reduce: Reduce) -> Tensor:
+    """The maps of the groups of particles clustered on their coordinates along the first
+    K − 1 components of variability (``class3d/variability.py``)."""
+    found = variability(provider, max(1, n_classes - 1), iterations=options.init_iterations,
+                        resolution=resolution, generator=generator, chunk_size=chunk_size,
+                        shard=shard, reduce=reduce, pose_terms=not options.refine_poses)
+    log.info("components of variability: subspace change per round %s",
+             " ".join(f"{c:.3f}" for c in found.change))
+    labels = _groups(found.coordinates, n_classes,
+                     seed=int(torch.randint(2**31, (1,), generator=generator))).to(provider.device)
+    size = provider.box_size
+    return _m_step(provider, torch.arange(provider.n_items), labels,
+                   torch.zeros((n_classes, size, size, size), device=provider.device),
+                   chunk_size=chunk_size, shard=shard, reduce=reduce)
+
+
 def initial_maps(provider: SliceMatch, options: Class3DOptions, n_classes: int, *,
-                 generator: torch.Generator, shard: Shard, reduce: Reduce) -> Tensor:
+                 generator: torch.Generator, shard: Shard, reduce: Reduce,
+                 chunk_size: int = 1024) -> Tensor:
     """The K starting maps of :class:`Class3DOptions` ``init`` (module docstring)."""
     size = provider.box_size
+    if options.init == "variability":
+        resolution = options.init_resolution or VARIABILITY_RESOLUTION
+        maps = _variability_start(provider, options, n_classes, resolution=resolution,
+                                  generator=generator, chunk_size=chunk_size, shard=shard,
+                                  reduce=reduce)
+        return filter_shells(maps, low_pass_gains(size, min(
+            size // 2, size * provider.pixel_size / resolution))) * provider.reference_mask
     # pca: at most init_maps maps, each of at least MIN_MAP_PARTICLES (a map of a dozen particles
     # is noise only), and never fewer maps than classes
     n_maps = n_classes if options.init != "pca" else max(
@@ -323,20 +379,38 @@ def run_class3d(source: ImageSource, *, rule: SizeRule, options: ClusterOptions,
     images = preprocess(source, PreprocessOptions(mask_diameter=class3d.mask_diameter,
                                                   phase_flip=False),
                         device=fabric.device, chunk_size=options.chunk_size)
-    provider = SliceMatch(images, resolution=class3d.resolution, mask_radius=images.mask_radius,
-                          reference_mask=mask, whiten=class3d.whiten, scale=class3d.scale,
+
+    def slice_match(particles: ImageSource) -> SliceMatch:
+        return SliceMatch(particles, resolution=class3d.resolution,
+                          mask_radius=images.mask_radius, reference_mask=mask,
+                          whiten=class3d.whiten, scale=class3d.scale,
                           regularisation=class3d.regularisation, padding=class3d.padding,
                           use_ctf=class3d.use_ctf)
+
+    provider = slice_match(images)
     digest = _fingerprint(source, rule=rule, options=options, class3d=class3d)
     saved = None
     if resume not in (False, None):
         directory = out_dir if resume is True else Path(resume)
         saved = load_checkpoint(directory / CHECKPOINT_NAME, config_hash=digest)
     shard, reduce = fabric_hooks(fabric)
+    if class3d.refine_poses:
+        # classified (and written) at the refined poses; the input table is not touched
+        rotations, shifts = refine_poses(provider, rounds=class3d.refine_poses,
+                                         chunk_size=options.chunk_size, shard=shard,
+                                         reduce=reduce)
+        log.info("poses refined locally (%d rounds): turned by %.2f° and moved by %.2f px "
+                 "(medians)", class3d.refine_poses,
+                 float(rotation_angle(provider.rotations, rotations).median()),
+                 float((shifts - provider.shifts).norm(dim=1).median()))
+        refined = with_poses(source.particles, rotations, shifts)
+        images, source = copy.copy(images), copy.copy(source)
+        images.particles = source.particles = refined
+        provider = slice_match(images)
     generator = torch.Generator().manual_seed(options.seed)
     if saved is None:
         centers = initial_maps(provider, class3d, options.n_classes, generator=generator,
-                               shard=shard, reduce=reduce)
+                               shard=shard, reduce=reduce, chunk_size=options.chunk_size)
         start_state = None
     else:
         centers, start_state = saved.state.centers.to(fabric.device), saved.state

@@ -9,8 +9,9 @@ Examples::
     ackmeans-torch reproduce n_classes=20 halves=true objective=kmeans
 
 The command only composes the config (the ``classify`` groups and keys, plus ``replicates``,
-``halves``, ``dimension``) into :func:`ackmeans_torch.trust.reproduce.reproduce` on the
-classifier of ``dimension`` and writes :func:`ackmeans_torch.trust.outputs.write_reproducibility`.
+``halves``, ``dimension``, ``workers``) into :func:`ackmeans_torch.trust.reproduce.reproduce` on
+the classifier of ``dimension`` and writes
+:func:`ackmeans_torch.trust.outputs.write_reproducibility`.
 """
 
 from __future__ import annotations
@@ -48,7 +49,7 @@ def classifier_from_config(cfg: DictConfig) -> tuple[Classifier, ImageSource]:
 def main(cfg: DictConfig, run_dir: Path) -> None:
     classifier, source = classifier_from_config(cfg)
     result = reproduce(classifier, len(source), cfg.n_classes, replicates=cfg.replicates,
-                       halves=cfg.halves, seed=cfg.seed)
+                       halves=cfg.halves, seed=cfg.seed, workers=cfg.workers)
     write_reproducibility(run_dir, result, source, project_dir=cfg.data.get("project_dir"))
     log.info("per class\n%s", result.classes.to_string(index=False, float_format="%.3f"))
     summary = result.summary

@@ -7,9 +7,10 @@ Examples::
     ackmeans-torch split                                       # built-in simulated set
     ackmeans-torch split data=file data.path=particles.star n_classes=4 split.min_size=500
     ackmeans-torch split split.alpha=0.001 split.replicates=5 objective=kmeans
+    ackmeans-torch split dimension=3d sim=hetero workers=2     # replicates side by side
 
 The command only composes the config (the ``classify`` groups and keys, ``n_classes`` the
-starting classification, the ``split`` group of
+starting classification, ``workers``, the ``split`` group of
 :class:`~ackmeans_torch.trust.split.SplitOptions`) into
 :func:`ackmeans_torch.trust.split.exhaustive_split` on the classifier of ``dimension`` and writes
 :func:`ackmeans_torch.trust.outputs.write_split`.
@@ -38,7 +39,8 @@ def main(cfg: DictConfig, run_dir: Path) -> None:
     classifier, source = classifier_from_config(cfg)
     everyone = np.arange(len(source))
     start = None if cfg.n_classes == 1 else classifier(everyone, cfg.n_classes, cfg.seed).labels
-    tree = exhaustive_split(classifier, len(source), options=options, start=start)
+    tree = exhaustive_split(classifier, len(source), options=options, start=start,
+                            workers=cfg.workers)
     write_split(run_dir, tree, source, project_dir=cfg.data.get("project_dir"))
     log.info("decisions\n%s", tree.nodes.drop(columns="reason").to_string(
         index=False, float_format="%.3f"))

@@ -92,6 +92,16 @@ def phase_shift(spectra: torch.Tensor, shifts: torch.Tensor) -> torch.Tensor:
     return spectra * ramp_y[..., :, None] * ramp_x[..., None, :]
 
 
+def shift_values(values: torch.Tensor, k2d: torch.Tensor, shifts: torch.Tensor,
+                 size: int) -> torch.Tensor:
+    """:func:`phase_shift` of spectra kept only at some pixels: ``values (B, n)`` at the integer
+    frequencies ``k2d (n, 2)`` (kx, ky; 1/L units) of an ``size``-pixel box, content moved by
+    ``shifts (B, 2)`` px (x, y). No Nyquist special case: the kept pixels are a band inside it."""
+    shifts = shifts.to(device=values.device, dtype=values.real.dtype)
+    angle = (-2 * torch.pi / size) * (shifts @ k2d.to(shifts).T)
+    return values * torch.polar(torch.ones_like(angle), angle)
+
+
 def shift_images(images: torch.Tensor, shifts: torch.Tensor) -> torch.Tensor:
     """Real ``(..., L, L)`` images with their content moved by ``shifts (..., 2)`` px ``(x, y)``
     (sub-pixel, circular)."""

@@ -22,13 +22,16 @@ spectra/images ``(B, L, L)``. Everything runs on the volume's device, in float32
 
 from __future__ import annotations
 
+import math
+import warnings
+from typing import NamedTuple
+
 import numpy as np
 import torch
-import torch.nn.functional as F
 
 from ackmeans_torch.errors import InputError, check_int, check_number
 from ackmeans_torch.ops.fourier import (
-    centred_frequencies, fft2c, fftnc, ifft2c, ifftnc, phase_shift,
+    centred_frequencies, fft2c, ifft2c, phase_shift,
 )
 
 
@@ -55,17 +58,129 @@ def trilinear_kernel_transform(size: int, padding: int, *, device=None) -> torch
     return torch.sinc(r / (padding * size)) ** 2
 
 
+class Cells(NamedTuple):
+    """Trilinear cells of ``M`` sample points on a cube window of side ``side`` (flat index
+    (z·side + y)·side + x): ``columns (M, 8)`` int32, the flat indices of each cell's 8 corners
+    in the order of :func:`cell_offsets`, and ``weights (M, 8)`` float32, their trilinear
+    weights, zero for a sample whose cell leaves the window. Row by row they are the sparse
+    interpolation matrix (M × side³, 8 entries a row) that :func:`interpolate` applies."""
+
+    columns: torch.Tensor
+    weights: torch.Tensor
+
+
+def band_window(padded_size: int, padding: int, radius: float | None, *,
+                border: bool) -> tuple[int, int]:
+    """``(start, side)``: the cube ``[start, start + side)³`` of padded-grid indices that holds the
+    trilinear cells of every central-slice sample within ``radius`` (1/L units; None: Nyquist)
+    and every padded voxel of the shells they reach. Index ``side // 2`` of the window is k = 0
+    (index ``padded_size // 2`` of the grid), so a window is mirrored by :func:`mirror` and
+    inverted by :func:`invert` from its side alone. When it would not fit in the grid it is the
+    whole grid, with ``border`` one zero voxel more on each side (the projector's zero padding:
+    a sample whose cell straddles the grid's edge reads zeros there, as ``grid_sample`` does)."""
+    centre = padded_size // 2
+    if radius is not None:
+        half = math.ceil(padding * (radius + 0.5)) + 1
+        if half <= padded_size - 1 - centre:
+            return centre - half, 2 * half + 1
+    return (-1, padded_size + 2) if border else (0, padded_size)
+
+
+def slice_cells(k2d: torch.Tensor, rotations: torch.Tensor, *, padding: int, padded_size: int,
+                start: int, side: int) -> Cells:
+    """:class:`Cells` of the central slices Aᵀ (kx, ky, 0) at ``k2d (n, 2)`` (1/L units) of the
+    poses ``rotations (B, 3, 3)`` on the window ``[start, start + side)³`` of a padded grid
+    (:func:`band_window`); sample b·n + j is pixel j of pose b."""
+    rot = rotations.to(device=k2d.device, dtype=torch.float32)
+    # 3D frequency (x, y, z) = Aᵀ (kx, ky, 0) = kx·A[0, :] + ky·A[1, :], as window indices
+    coords = torch.einsum("nc,bcd->bnd", k2d.to(torch.float32), rot[:, :2, :]) * padding
+    coords = (coords + (padded_size // 2 - start)).reshape(-1, 3)
+    base = coords.floor()
+    frac = coords.sub_(base)
+    inside = ((base >= 0) & (base <= side - 2)).all(-1).float()
+    base = base.clamp_(0, side - 2)
+    if side**3 >= 2**24:  # float32 holds integers exactly only below 2²⁴
+        base = base.double()
+    first = (base @ base.new_tensor([1.0, side, side * side])).int()
+    columns = first[:, None] + torch.tensor(cell_offsets(side), dtype=torch.int32,
+                                            device=first.device)
+    fx, fy, fz = frac.unbind(1)
+    z1 = fz * inside
+    along_z = torch.stack([inside - z1, z1], 1)
+    along_y = torch.stack([1 - fy, fy], 1)
+    along_x = torch.stack([1 - fx, fx], 1)
+    weights = ((along_z[:, :, None] * along_y[:, None, :]).view(-1, 4, 1)
+               * along_x[:, None, :]).view(-1, 8)
+    return Cells(columns, weights)
+
+
+def cell_offsets(side: int) -> tuple[int, ...]:
+    """The flat steps from a cell's lowest corner to its 8 corners on a window of side ``side``,
+    in the order of :class:`Cells`: (z, y, x) = (0, 0, 0), (0, 0, 1), (0, 1, 0), ..."""
+    return tuple((dz * side + dy) * side + dx for dz in (0, 1) for dy in (0, 1) for dx in (0, 1))
+
+
+def interpolate(table: torch.Tensor, cells: Cells) -> torch.Tensor:
+    """``(M, C)`` trilinear interpolation of ``table (side³, C)`` (a window, channels last) at
+    ``cells``: one sparse (CSR) × dense product, each row's 8 corners and C channels in one pass
+    of the sparse kernel (MKL on CPU, cuSPARSE on CUDA), several times faster than a gather and
+    multiply-add per corner."""
+    m = cells.columns.shape[0]
+    rows = torch.arange(0, 8 * m + 1, 8, dtype=cells.columns.dtype, device=table.device)
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="Sparse CSR tensor support is in beta")
+        matrix = torch.sparse_csr_tensor(rows, cells.columns.reshape(-1),
+                                         cells.weights.reshape(-1).to(table.dtype),
+                                         size=(m, table.shape[0]), check_invariants=False)
+    return matrix @ table
+
+
+def splat(cells: Cells, grids: list[tuple[torch.Tensor, torch.Tensor]],
+          first: torch.Tensor | None = None, points: torch.Tensor | None = None) -> None:
+    """For each ``(target, values)`` of ``grids``: add ``values`` (of the contiguous ``target``'s
+    dtype, real or complex), each spread over its cell's 8 corners with the trilinear weights,
+    into ``target``: the transpose of :func:`interpolate`. ``points (m,)`` int64: the cells the
+    values belong to, in their order (default: all M in order); ``first (m,)`` int64: where
+    those cells' lowest corners are in the targets (default: their ``columns[:, 0]``; windows
+    one after another take offset indices). One 1D ``index_add_`` per corner and target, the
+    fast path of ``index_add_`` (the sparse transpose product is slower); it runs fastest when
+    the points come in the order of their cells."""
+    weights = cells.weights if points is None else cells.weights.index_select(0, points)
+    if not len(weights):
+        return
+    if first is None:
+        columns = cells.columns if points is None else cells.columns.index_select(0, points)
+        first = columns[:, 0].long()
+    # the corners' steps from the lowest one, the same in every row
+    steps = (cells.columns[0] - cells.columns[0, 0]).tolist()
+    weights = weights.T.contiguous()
+    for target, values in grids:
+        flat, spread = target.view(-1), torch.empty_like(values)
+        # real views, so a complex value times a real weight is two real products
+        value = torch.view_as_real(values) if values.is_complex() else values[:, None]
+        product = torch.view_as_real(spread) if values.is_complex() else spread[:, None]
+        for step, weight in zip(steps, weights):
+            torch.mul(value, weight[:, None], out=product)
+            # a view that starts at the corner's step takes the lowest corners' indices as they are
+            flat[step:].index_add_(0, first, spread)
+
+
 class FourierProjector:
     """Holds the padded, gridding-corrected 3D spectrum of one volume and projects it in batches.
 
     ``FourierProjector(volume, padding=2)``; ``spectra(rotations, shifts)`` gives centred 2D
     spectra ``(B, L, L)`` complex (for CTF multiplication before the inverse FFT), ``__call__``
     gives real images ``(B, L, L)``. A stack of K volumes ``(K, L, L, L)`` is held as one
-    multi-channel grid, so :meth:`sample` interpolates all K at the same slice coordinates in one
-    pass (3D classification compares each particle with every class's projection).
+    channels-last table (K complex values per voxel), so :meth:`sample` interpolates all K at the
+    same slice coordinates in one pass (3D classification compares each particle with every
+    class's projection): one sparse product (:func:`interpolate`) of the samples' trilinear
+    cells (:meth:`cells`) with the table. ``max_radius`` (1/L units) keeps only the window of
+    the padded spectrum that samples within it reach (:func:`band_window`; beyond the window
+    :meth:`sample` reads zeros): a band-limited comparison holds and reads less.
     """
 
-    def __init__(self, volume: torch.Tensor, *, padding: int = 2) -> None:
+    def __init__(self, volume: torch.Tensor, *, padding: int = 2,
+                 max_radius: float | None = None) -> None:
         if volume.ndim not in (3, 4) or len(set(volume.shape[-3:])) != 1:
             raise InputError(f"volume must be a cube (L, L, L) or a stack of cubes (K, L, L, L), "
                              f"got {tuple(volume.shape)}")
@@ -78,13 +193,25 @@ class FourierProjector:
         padded_size = padding * size
         vol = volumes.to(torch.float32)
         vol = vol / trilinear_kernel_transform(size, padding, device=vol.device)
-        padded = vol.new_zeros((self.n_volumes,) + (padded_size,) * 3)
-        lo = padded_size // 2 - size // 2
-        padded[:, lo : lo + size, lo : lo + size, lo : lo + size] = vol
-        spectrum = fftnc(padded, 3)
-        # grid_sample interpolates real channels: (1, 2K, P, P, P) = real parts, then imaginary
-        # parts; all K volumes are sampled at the same slice coordinates in one call.
-        self._spectrum = torch.cat([spectrum.real, spectrum.imag])[None].contiguous()
+        # fftnc of the zero-padded volume without shifting the padded grid: voxel x goes to the
+        # uncentred index (x − L//2) mod P, and centred frequency index i is read at (i − P//2)
+        # mod P of the transform
+        device = vol.device
+        uncentred = vol.new_zeros((self.n_volumes,) + (padded_size,) * 3)
+        at = (torch.arange(size, device=device) - size // 2) % padded_size
+        uncentred[:, at[:, None, None], at[None, :, None], at[None, None, :]] = vol
+        spectrum = torch.fft.fftn(uncentred, dim=(-3, -2, -1))
+        self.padded_size = padded_size
+        self.window = start, side = band_window(padded_size, padding, max_radius, border=True)
+        window = vol.new_zeros((side,) * 3 + (2, self.n_volumes))
+        lo, hi = max(start, 0), min(start + side, padded_size)
+        inner = slice(lo - start, hi - start)
+        k = (torch.arange(lo, hi, device=device) - padded_size // 2) % padded_size
+        part = spectrum[:, k[:, None, None], k[None, :, None], k[None, None, :]].permute(1, 2, 3, 0)
+        window[inner, inner, inner, 0], window[inner, inner, inner, 1] = part.real, part.imag
+        # (side³, 2K): the real parts of the K volumes at a voxel, then their imaginary parts,
+        # gathered together
+        self._table = window.reshape(side**3, 2 * self.n_volumes)
         freqs = centred_frequencies(size, device=vol.device) * size  # integer frequency indices
         ky, kx = torch.meshgrid(freqs, freqs, indexing="ij")
         self._inside = (kx**2 + ky**2) <= (size // 2) ** 2
@@ -98,25 +225,28 @@ class FourierProjector:
 
     @property
     def device(self) -> torch.device:
-        return self._spectrum.device
+        return self._table.device
 
     def sample(self, rotations: torch.Tensor, k2d: torch.Tensor) -> torch.Tensor:
         """Central-slice values ``(K, B, *S)`` complex64 of every held volume at the 2D
         frequencies ``k2d (*S, 2)`` (kx, ky in 1/L units, on the centred grid) of the poses
         ``rotations (B, 3, 3)``; no band limit is applied (the caller chooses ``k2d``)."""
-        rot = rotations.to(device=self.device, dtype=torch.float32)
-        padded_size = self.padding * self.box_size
         shape = k2d.shape[:-1]
-        flat = k2d.reshape(-1, 2).to(device=self.device, dtype=torch.float32)
-        # 3D frequency (x, y, z) = Aᵀ (kx, ky, 0) = kx·A[0, :] + ky·A[1, :], in padded-grid units.
-        k3 = torch.einsum("nc,bcd->bnd", flat, rot[:, :2, :]) * self.padding
-        # grid_sample with align_corners=True maps index 0 → -1 and P-1 → +1; grid order (x, y, z).
-        grid = (k3 + padded_size // 2) * (2.0 / (padded_size - 1)) - 1.0
-        sampled = F.grid_sample(
-            self._spectrum, grid[None, :, :, None], mode="bilinear", padding_mode="zeros",
-            align_corners=True)[0, ..., 0]  # (2K, B, n)
-        k = self.n_volumes
-        return torch.complex(sampled[:k], sampled[k:]).reshape(k, rot.shape[0], *shape)
+        values = self.sample_cells(self.cells(rotations, k2d.reshape(-1, 2)))
+        values = torch.complex(values[:, 0], values[:, 1])
+        return values.T.reshape(self.n_volumes, rotations.shape[0], *shape)
+
+    def cells(self, rotations: torch.Tensor, k2d: torch.Tensor) -> Cells:
+        """:func:`slice_cells` of ``k2d (n, 2)`` in ``rotations (B, 3, 3)`` on this projector's
+        window (for a caller that samples the same points again, or splats there)."""
+        start, side = self.window
+        return slice_cells(k2d.to(self.device), rotations.to(self.device), padding=self.padding,
+                           padded_size=self.padded_size, start=start, side=side)
+
+    def sample_cells(self, cells: Cells) -> torch.Tensor:
+        """``(M, 2, K)`` float32 real and imaginary parts of the held volumes at ``cells``
+        (:meth:`cells`)."""
+        return interpolate(self._table, cells).view(-1, 2, self.n_volumes)
 
     def spectra(
         self, rotations: torch.Tensor, shifts: torch.Tensor | None = None
@@ -205,6 +335,8 @@ class BackProjector:
         self.box_size = size = box_size
         self.padding = padding
         self.padded_size = padded = padding * size
+        #: the inserted band (1/L units; None: to L // 2)
+        self.max_radius = max_radius
         device = torch.device("cpu") if device is None else torch.device(device)
         self.numerator = torch.zeros((padded,) * 3, dtype=torch.complex64, device=device)
         self.weight = torch.zeros((padded,) * 3, dtype=torch.float32, device=device)
@@ -219,8 +351,8 @@ class BackProjector:
         self.k2d = torch.stack([kx, ky], -1).reshape(-1, 2)[self.pixels]
         self.row_weight = torch.where(self.k2d[:, 1] == 0, 0.5, 1.0)
         # Temporaries per used pixel of an image: its full spectrum share, value and weight, 3D
-        # coordinates, floors and fractions (≈ 80 B), and one corner's indices, validity and
-        # weighted values at a time (≈ 80 B).
+        # coordinates, floors and fractions (≈ 80 B), and its cell's index and 8 weights (≈ 40 B)
+        # with one corner's spread values at a time.
         self._chunk = max(1, max_chunk_bytes // (len(self.pixels) * 160))
 
     @property
@@ -273,7 +405,7 @@ class BackProjector:
                         None if weights is None else weights[sl])
 
     def _splat(self, values, rotations, ctf, image_weights) -> None:
-        device, padded = self.device, self.padded_size
+        device = self.device
         values = values.to(device) * self.row_weight
         weights = self.row_weight.expand_as(values)
         if ctf is not None:
@@ -282,30 +414,11 @@ class BackProjector:
         if image_weights is not None:
             q = image_weights.to(device=device, dtype=torch.float32)[:, None]
             values, weights = values * q, weights * q
-        rot = rotations.to(device=device, dtype=torch.float32)
-        # the projector's slice Aᵀ (kx, ky, 0) in padded-grid units, as grid indices (x, y, z)
-        coords = torch.einsum("nc,bcd->bnd", self.k2d, rot[:, :2, :]) * self.padding + padded // 2
-        base = coords.floor()
-        frac = (coords - base).reshape(-1, 3)
-        base = base.long().reshape(-1, 3)
         # A sample whose 2×2×2 cell leaves the grid has |k| ≥ L/2 − 1/padding along an axis
-        # (the outermost shell); it is dropped, so every corner below is a valid index.
-        inside = ((base >= 0) & (base < padded - 1)).all(-1)
-        base = base.clamp(0, padded - 2)
-        first = (base[:, 2] * padded + base[:, 1]) * padded + base[:, 0]
-        values = torch.view_as_real(values.reshape(-1) * inside)
-        weights = weights.reshape(-1) * inside
-        numerator = torch.view_as_real(self.numerator).view(-1, 2)
-        weight = self.weight.view(-1)
-        along = [(1 - frac[:, axis], frac[:, axis]) for axis in range(3)]  # (x, y, z) weights
-        for dz in (0, 1):
-            for dy in (0, 1):
-                zy = along[2][dz] * along[1][dy]
-                for dx in (0, 1):
-                    split = zy * along[0][dx]
-                    flat = first + ((dz * padded + dy) * padded + dx)
-                    numerator.index_add_(0, flat, values * split[:, None])
-                    weight.index_add_(0, flat, weights * split)
+        # (the outermost shell); its weights are zero, so it is dropped.
+        cells = slice_cells(self.k2d, rotations.to(device), padding=self.padding,
+                            padded_size=self.padded_size, start=0, side=self.padded_size)
+        splat(cells, [(self.numerator, values.reshape(-1)), (self.weight, weights.reshape(-1))])
 
     def reconstruct(self, regulariser: float = 0.0) -> torch.Tensor:
         """The volume ``(L, L, L)`` float32 of Σ c·X / (Σ c² + ``regulariser``) (see the class
@@ -318,20 +431,36 @@ def invert(numerator: torch.Tensor, weight: torch.Tensor, *, box_size: int, padd
            regulariser: float = 0.0) -> torch.Tensor:
     """:meth:`BackProjector.reconstruct` of grids held elsewhere (``(P, P, P)`` complex
     numerator and float weight of a :class:`BackProjector` of ``box_size`` and ``padding``, e.g.
-    per-class statistics summed over processes)."""
+    per-class statistics summed over processes), or of their centred windows ``(s, s, s)``
+    (:func:`band_window`; zero outside): the division and the band mask are made on the window
+    only, the inverse transform is a real one (the symmetrised spectrum is Hermitian)."""
     check_number("regulariser", regulariser, 0.0)
-    numerator = numerator + mirror(numerator).conj()
-    weight = weight + mirror(weight)
-    denominator = weight + regulariser
-    spectrum = torch.where(denominator > 0, numerator / denominator.clamp_min(1e-30),
-                           torch.zeros_like(numerator))
     size, padded = box_size, padding * box_size
-    axis = torch.arange(padded, device=numerator.device, dtype=torch.float32) - padded // 2
+    side = numerator.shape[-1]
+    if numerator.shape != (side,) * 3 or weight.shape != numerator.shape or not (
+            side == padded or (side % 2 and side < padded)):
+        raise InputError(f"numerator {tuple(numerator.shape)} and weight {tuple(weight.shape)} "
+                         f"must be the ({padded},)*3 grids of box_size={size}, padding={padding} "
+                         "or the same odd-sided centred window of them")
+    denominator = weight + mirror(weight) + regulariser
+    axis = torch.arange(side, device=numerator.device, dtype=torch.float32) - side // 2
     radius2 = axis[:, None, None] ** 2 + axis[None, :, None] ** 2 + axis[None, None, :] ** 2
-    spectrum = spectrum * (radius2 <= (padding * (size // 2)) ** 2)
-    lo = padded // 2 - size // 2
-    volume = ifftnc(spectrum, 3).real[lo : lo + size, lo : lo + size, lo : lo + size]
-    return volume / trilinear_kernel_transform(size, padding, device=numerator.device)
+    used = (denominator > 0) & (radius2 <= (padding * (size // 2)) ** 2)
+    # one real factor per voxel: 1 / (Σ c² + regulariser) where divided, 0 elsewhere
+    factor = torch.where(used, denominator.clamp_min(1e-30).reciprocal(), 0.0)
+    spectrum = (numerator + mirror(numerator).conj()) * factor
+    # ifftnc of a Hermitian spectrum as a real transform of its half kx >= 0: the window's
+    # frequencies k go straight to the uncentred index k mod P (no padded grid to shift), and
+    # the L³ box is read from the uncentred volume at positions x mod P
+    device = numerator.device
+    k = (torch.arange(side, device=device) - side // 2) % padded
+    half = k <= padded // 2
+    uncentred = spectrum.new_zeros((padded, padded, padded // 2 + 1))
+    uncentred[k[:, None, None], k[None, :, None], k[half][None, None, :]] = spectrum[..., half]
+    volume = torch.fft.irfftn(uncentred, s=(padded,) * 3)
+    box = (torch.arange(size, device=device) - size // 2) % padded
+    volume = volume[box][:, box][:, :, box]
+    return volume / trilinear_kernel_transform(size, padding, device=device)
 
 
 def mirror(grid: torch.Tensor) -> torch.Tensor:

@@ -7,12 +7,14 @@ poses written to the STAR perturbed by **pose noise** (the images are made with 
 as refinement error would leave them.
 
 States differ in one *domain*: a soft-edged sphere of the base map (centre and radius as fractions
-of the box, ``ops.polar.spherical_mask``). A state either removes it (*compositional*: the domain absent,
-``V·(1 − m)``) or turns it by an angle about an axis through a hinge point (*conformational*:
-``V·(1 − m) + rotated(V·m)``, resampled trilinearly by ``grid_sample``; the rest of the map is
-unchanged). The *continuous* variant draws each particle's angle uniformly from a range around
-its state's angle; the range is cut into equal bins no wider than ``angle_bin_deg`` and each
-particle is imaged with the map at its bin's centre, which is its recorded true angle.
+of the box, ``ops.polar.spherical_mask``). A state either removes it (*compositional*: the domain
+absent, ``V·(1 − m)``) or turns it by an angle about an axis through a hinge point
+(*conformational*: ``V·(1 − m) + rotated(V·m)``, resampled trilinearly by ``grid_sample``; the rest
+of the map is unchanged). An optional *second domain* (another soft sphere) is removed in the states
+that say so (``state_second_absent``), whatever the first domain does: two independent compositional
+changes. The *continuous* variant draws each particle's angle uniformly from a range around its
+state's angle; the range is cut into equal bins no wider than ``angle_bin_deg`` and each particle is
+imaged with the map at its bin's centre, which is its recorded true angle.
 
 Conventions: positions and axes are (x, y, z), fractions of the box side from the centre voxel
 ``L // 2``; angles are degrees, a positive angle turns the domain counter-clockwise about the axis
@@ -90,6 +92,8 @@ class HeteroSimulation(MapImaging):
     most ``angle_bin_deg``). Domain: ``domain_centre`` (x, y, z) and ``domain_radius`` (fractions
     of the box), ``domain_edge_px`` soft edge, rotation ``axis`` (x, y, z) through ``hinge``
     (fractions; None: the point of the domain sphere nearest the box centre, where it attaches).
+    Second domain: ``second_domain_centre`` (None: none) and ``second_domain_radius``
+    (fractions), removed in the states where ``state_second_absent`` (one per state) is true.
     Particles: ``n_particles``, true content shifts uniform in [−``max_shift_px``, max]², pose
     noise ``angle_noise_deg`` (RMS rotation angle) and ``shift_noise_px`` (s.d. per axis) on the
     written poses."""
@@ -105,6 +109,9 @@ class HeteroSimulation(MapImaging):
     domain_edge_px: float = 2.0
     axis: tuple[float, float, float] = (0.0, 0.0, 1.0)
     hinge: tuple[float, float, float] | None = None
+    second_domain_centre: tuple[float, float, float] | None = None
+    second_domain_radius: float = 0.1
+    state_second_absent: tuple[bool, ...] | None = None
     max_shift_px: float = 0.0
     angle_noise_deg: float = 2.0
     shift_noise_px: float = 1.0
@@ -114,7 +121,7 @@ class HeteroSimulation(MapImaging):
         super().__post_init__()
         # YAML lists arrive as list-like configs; hold plain tuples
         for name in ("populations", "state_angles", "state_absent", "domain_centre", "axis",
-                     "hinge"):
+                     "hinge", "second_domain_centre", "state_second_absent"):
             value = getattr(self, name)
             if value is not None:
                 if isinstance(value, (str, bytes)) or not hasattr(value, "__len__"):
@@ -139,7 +146,16 @@ class HeteroSimulation(MapImaging):
         check_number("sim.angle_bin_deg", self.angle_bin_deg, 1e-3)
         check_number("sim.domain_radius", self.domain_radius, 1e-3, 0.5)
         check_number("sim.domain_edge_px", self.domain_edge_px, 0.0)
-        for name in ("domain_centre", "axis") + (("hinge",) if self.hinge is not None else ()):
+        if self.second_domain_centre is not None:
+            check_number("sim.second_domain_radius", self.second_domain_radius, 1e-3, 0.5)
+            second = self.state_second_absent or ()
+            if len(second) != n_states or not all(isinstance(a, bool) for a in second):
+                raise InputError(f"sim.second_domain_centre needs sim.state_second_absent: one "
+                                 f"true/false per state ({n_states}), got "
+                                 f"{self.state_second_absent}")
+        for name in (("domain_centre", "axis") + (("hinge",) if self.hinge is not None else ())
+                     + (("second_domain_centre",) if self.second_domain_centre is not None
+                        else ())):
             value = getattr(self, name)
             if len(value) != 3:
                 raise InputError(f"sim.{name}={list(value)} must be three numbers (x, y, z)")
@@ -184,9 +200,16 @@ class HeteroSimulation(MapImaging):
     def state_map(self, volume: torch.Tensor, state: int, angle_deg: float | None = None,
                   ) -> torch.Tensor:
         """The map ``(L, L, L)`` of ``state`` (0-based) from the base ``volume``, its domain
-        turned by ``angle_deg`` (default: the state's angle) unless the state removes it."""
-        mask, hinge, axis = self.domain(volume.shape[-1])
+        turned by ``angle_deg`` (default: the state's angle) unless the state removes it, and its
+        second domain removed where the state says so."""
+        size = volume.shape[-1]
+        mask, hinge, axis = self.domain(size)
         mask = mask.to(volume.device)
+        if self.second_domain_centre is not None and self.state_second_absent[state]:
+            second = spherical_mask(
+                size, self.second_domain_radius * size, soft_edge=self.domain_edge_px,
+                centre=torch.tensor(self.second_domain_centre, dtype=torch.float64) * size)
+            volume = volume * (1 - second.to(volume.device))
         if self.state_absent[state]:
             return volume * (1 - mask)
         angle = self.state_angles[state] if angle_deg is None else angle_deg

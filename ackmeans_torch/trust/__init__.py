@@ -1,7 +1,8 @@
 """Trusting classes: reproducibility across seeds (``reproduce.py``), classification until
 exhaustive with a calibrated test for each split (``split.py``) and discrete vs continuous
 heterogeneity (``continuous.py``), generic over the classifier (``classifier.py``), with the
-files the commands write (``outputs.py``).
+files the commands write (``outputs.py``) and replicates run in parallel processes
+(``parallel.py``).
 
 Names are imported on first use (PEP 562, as the package does), so the toy-classifier tests and
 the command line's ``--help`` do not pay for torch. The function ``reproduce`` is imported from
@@ -14,6 +15,8 @@ _EXPORTS = {
     "Classifier": "ackmeans_torch.trust.classifier",
     "Partition": "ackmeans_torch.trust.classifier",
     "Classify2D": "ackmeans_torch.trust.classifier",
+    "Classify3D": "ackmeans_torch.trust.classifier",
+    "Replicates": "ackmeans_torch.trust.parallel",
     "CONTINUOUS_MESSAGE": "ackmeans_torch.trust.continuous",
     "Reproducibility": "ackmeans_torch.trust.reproduce",
     "match_runs": "ackmeans_torch.trust.reproduce",

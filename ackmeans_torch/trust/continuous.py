@@ -4,9 +4,9 @@ Two figures, both on the particles' features in their parent's frame (``trust/cl
 reduced to principal-component scores:
 
 * :func:`gap_ratio` of a 2-way split: the members projected on the line through the two child
-  means; a Gaussian kernel density (``scipy.stats.gaussian_kde``, Scott's bandwidth) of those
-  positions (Scott's bandwidth of the children's own spread); the ratio of its lowest value between the two child means to the lower of its
-  values at the child means. Two separate states leave an empty valley (ratio near 0); a graded
+  means; a Gaussian kernel density (``scipy.stats.gaussian_kde``) of those positions, with
+  Scott's bandwidth of the children's own spread; the ratio of its lowest value between the two
+  child means to the lower of its values at the child means. Two separate states leave an empty valley (ratio near 0); a graded
   change along one direction (a uniform spread, a hinge, views along an arc) leaves none (near 1).
 * :func:`collinearity` of several groups: the fraction of the variance of their means carried by
   the first principal component (1: the means lie on one line).

@@ -35,6 +35,7 @@ from scipy.optimize import linear_sum_assignment
 from ackmeans_torch.errors import InputError, check_int
 from ackmeans_torch.eval.metrics import adjusted_rand_index, normalized_mutual_info
 from ackmeans_torch.trust.classifier import Classifier
+from ackmeans_torch.trust.parallel import Replicates
 
 __all__ = ["Reproducibility", "match_runs", "reproduce"]
 
@@ -145,21 +146,22 @@ def match_runs(labels, n_classes: int) -> Reproducibility:
 
 
 def reproduce(classifier: Classifier, n_items: int, n_classes: int, *, replicates: int = 3,
-              halves: bool = False, seed: int = 0) -> Reproducibility:
+              halves: bool = False, seed: int = 0, workers: int = 1) -> Reproducibility:
     """Run ``classifier`` ``replicates`` times on the ``n_items`` particles (seeds ``seed``,
     ``seed + 1``, ...; ``halves``: each on its own random half) and match the runs
-    (:func:`match_runs`)."""
+    (:func:`match_runs`). ``workers`` > 1: the runs in that many processes
+    (``trust/parallel.py``; the same result as in sequence)."""
     check_int("replicates", replicates, 2)
     check_int("n_classes", n_classes, 1)
     low = 2 * n_classes if halves else n_classes
     if n_items < low:
         raise InputError(f"{n_items} particles are too few for n_classes={n_classes}"
                          f"{' on halves' if halves else ''}; give at least {low}")
+    subsets = [np.sort(np.random.default_rng(seed + r).permutation(n_items)[:n_items // 2])
+               if halves else np.arange(n_items) for r in range(replicates)]
+    with Replicates(classifier, workers) as run:
+        runs = run([(subset, n_classes, seed + r) for r, subset in enumerate(subsets)])
     labels = np.full((replicates, n_items), ABSENT, dtype=np.int64)
-    for r in range(replicates):
-        if halves:
-            subset = np.sort(np.random.default_rng(seed + r).permutation(n_items)[:n_items // 2])
-        else:
-            subset = np.arange(n_items)
-        labels[r, subset] = classifier(subset, n_classes, seed + r).labels
+    for r, (subset, partition) in enumerate(zip(subsets, runs)):
+        labels[r, subset] = partition.labels
     return match_runs(labels, n_classes)

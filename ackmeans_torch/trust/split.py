@@ -1,8 +1,9 @@
 """Classify until exhaustive: split every class in two while a split is trustworthy.
 
 For a class (its particles ``subset``), the 2-way split is tried ``replicates`` times (seeds
-differ; more classes when they disagree, below) with the :class:`~ackmeans_torch.trust.classifier.Classifier`; the run agreeing best
-with the others gives the children. The split is accepted only when
+differ; more classes when they disagree, below) with the
+:class:`~ackmeans_torch.trust.classifier.Classifier`; the run agreeing best with the others gives
+the children. The split is accepted only when
 
 (a) it is reproducible: the median ARI over the pairs of replicates is ≥ ``min_ari``;
 (b) both children hold ≥ ``min_size`` particles;
@@ -50,6 +51,7 @@ from ackmeans_torch.errors import InputError, check_int, check_number
 from ackmeans_torch.eval.metrics import adjusted_rand_index
 from ackmeans_torch.trust.classifier import Classifier, Partition, check_subset
 from ackmeans_torch.trust.continuous import CONTINUOUS_MESSAGE, gap_ratio, line_evidence
+from ackmeans_torch.trust.parallel import Replicates
 
 __all__ = ["SplitOptions", "SplitTree", "exhaustive_split", "split_test", "principal_scores",
            "relative_scores", "cluster_index"]
@@ -194,16 +196,18 @@ def _sizes(labels: np.ndarray, k: int) -> str:
 
 
 class _Splitter:
-    def __init__(self, classifier: Classifier, options: SplitOptions):
-        self.classifier, self.options = classifier, options
+    def __init__(self, run: Replicates, options: SplitOptions):
+        self.run, self.options = run, options
         self.rows: list[dict] = []
         self.leaves: list[tuple[str, np.ndarray]] = []
         self.continuous: list[str] = []
         self.calls = 0
 
-    def classify(self, subset: np.ndarray, k: int) -> Partition:
-        self.calls += 1
-        return self.classifier(subset, k, self.options.seed + self.calls)
+    def classify(self, subset: np.ndarray, k: int, times: int = 1) -> list[Partition]:
+        """``times`` runs in ``k`` classes, each with the next seed."""
+        first = self.calls + 1
+        self.calls += times
+        return self.run([(subset, k, self.options.seed + c) for c in range(first, first + times)])
 
     def decide(self, subset: np.ndarray, name: str, depth: int) -> _Decision:
         """Try to split one class (module docstring): the decision and its figures."""
@@ -221,7 +225,7 @@ class _Splitter:
         for k in range(2, opt.max_children + 1):
             # a mixture of three or more states has several equally good 2-way splits, which
             # replicates pick differently: more classes are tried before calling it irreproducible
-            runs = [self.classify(subset, k) for _ in range(opt.replicates)]
+            runs = self.classify(subset, k, opt.replicates)
             ari = np.zeros((opt.replicates, opt.replicates))
             for a, b in combinations(range(opt.replicates), 2):
                 ari[a, b] = ari[b, a] = adjusted_rand_index(runs[a].labels, runs[b].labels)
@@ -280,7 +284,7 @@ class _Splitter:
         if k == 2 and decision.row["gap"] >= opt.min_gap:
             # two children without a gap between them: do three classes of the class lie on
             # one line without gaps too, or does a third group stand apart?
-            three = self.classify(subset, 3)
+            three, = self.classify(subset, 3)
             sizes = np.bincount(three.labels, minlength=3)
             evidence = {"continuous": False} if sizes.min() < opt.min_size else self._line(
                 relative_scores(three.distances)[0], three.labels)
@@ -295,19 +299,23 @@ class _Splitter:
 
 
 def exhaustive_split(classifier: Classifier, n_items: int, *,
-                     options: SplitOptions | None = None, start=None) -> SplitTree:
+                     options: SplitOptions | None = None, start=None,
+                     workers: int = 1) -> SplitTree:
     """Split the ``n_items`` particles until exhaustive (module docstring) with ``classifier``
     (``trust/classifier.py``). ``start (n_items,)``: 0-based classes of a
-    classification to start from, each a root (None: all particles one root class ``1``)."""
+    classification to start from, each a root (None: all particles one root class ``1``).
+    ``workers`` > 1: the replicates of each decision in that many processes
+    (``trust/parallel.py``; the same tree as in sequence)."""
     options = options or SplitOptions()
     check_int("n_items", n_items, 1)
     start = np.zeros(n_items, dtype=np.int64) if start is None else np.asarray(start)
     if start.shape != (n_items,):
         raise InputError(f"start must have one class per particle ({n_items}), got "
                          f"shape {start.shape}")
-    splitter = _Splitter(classifier, options)
-    for k in np.unique(start):
-        splitter.grow(check_subset(np.flatnonzero(start == k), n_items), str(int(k) + 1), 0)
+    with Replicates(classifier, workers) as run:
+        splitter = _Splitter(run, options)
+        for k in np.unique(start):
+            splitter.grow(check_subset(np.flatnonzero(start == k), n_items), str(int(k) + 1), 0)
     labels = np.empty(n_items, dtype=np.int64)
     for i, (_, members) in enumerate(splitter.leaves):
         labels[members] = i
