@@ -1,4 +1,5 @@
-"""The consensus and evaluate-picks commands end to end, in a subprocess."""
+"""The consensus and evaluate-picks commands end to end: in this process (as tests/test_cli.py
+runs them; a subprocess per test paid ~7 s of imports), and the real-data one in a subprocess."""
 
 from __future__ import annotations
 
@@ -12,6 +13,7 @@ import pytest
 import starfile
 
 from ackmeans_torch.io.coords import PickSet, read_box, read_cbox, read_relion_star, write_box
+from test_cli import run_cli  # the CLI test helpers, one owner
 
 PICKERS = ("crYOLO", "deepPicker", "topaz")
 STEM = "Falcon_2012_06_12-14_33_35_0"
@@ -50,7 +52,7 @@ def test_consensus_on_empiar10017_then_evaluate(shared_data: Path, tmp_path: Pat
     assert total.loc["cons/box", "precision"] > 0.8 and total.loc["crYOLO", "precision"] > 0.85
 
 
-def test_consensus_synthetic_top_and_min_pickers(tmp_path: Path) -> None:
+def test_consensus_synthetic_top_and_min_pickers(capsys, monkeypatch, tmp_path: Path) -> None:
     """Tiny synthetic files: 2 of 3 pickers agree on 3 particles; min_pickers=2 keeps them and
     top=2 keeps the 2 most confident, sorted by confidence."""
     xy = np.array([[200.0, 200.0], [600.0, 200.0], [200.0, 600.0]])
@@ -58,22 +60,22 @@ def test_consensus_synthetic_top_and_min_pickers(tmp_path: Path) -> None:
         pts = xy + 3 * i if name != "r" else np.array([[1500.0, 1500.0]])
         write_box(tmp_path / name / "mic.box", PickSet(pts, np.full(len(pts), 100.0), np.array([0.9, 0.5, 0.7])[:len(pts)]))
     out = tmp_path / "out"
-    r = _run("consensus", f"pickers=[{tmp_path / 'p'},{tmp_path / 'q'},{tmp_path / 'r'}]", "min_pickers=2", "top=2",
+    code, _, err = run_cli(capsys, monkeypatch, "consensus", f"pickers=[{tmp_path / 'p'},{tmp_path / 'q'},{tmp_path / 'r'}]", "min_pickers=2", "top=2",
              f"out_dir={out}")
-    assert r.returncode == 0, r.stderr
+    assert code == 0, err
     got = read_box(out / "box" / "mic.box")
     assert len(got) == 2 and got.scores[0] >= got.scores[1]
 
 
-def test_bad_input_exits_2_with_one_line_and_writes_nothing(tmp_path: Path) -> None:
+def test_bad_input_exits_2_with_one_line_and_writes_nothing(capsys, monkeypatch, tmp_path: Path) -> None:
     """Bad input: a picker folder that does not exist → exit 2, one line on stderr naming it, and
     no BOX/STAR/summary written."""
     (tmp_path / "a").mkdir()
     (tmp_path / "a" / "m.box").write_text("0 0 10 10 1\n")
     out = tmp_path / "out"
-    r = _run("consensus", f"pickers=[{tmp_path / 'a'},{tmp_path / 'missing'}]", f"out_dir={out}")
-    assert r.returncode == 2
-    lines = r.stderr.strip().splitlines()
+    code, _, err = run_cli(capsys, monkeypatch, "consensus", f"pickers=[{tmp_path / 'a'},{tmp_path / 'missing'}]", f"out_dir={out}")
+    assert code == 2
+    lines = err.strip().splitlines()
     assert len(lines) == 1 and "missing" in lines[0] and "does not exist" in lines[0]
     assert not (out / "summary.tsv").exists() and not (out / "box").exists()
 
@@ -87,13 +89,13 @@ def _agreeing_pickers(root: Path) -> list[Path]:
     return folders
 
 
-def test_consensus_writes_cbox_and_relion_layout_by_default(tmp_path: Path) -> None:
+def test_consensus_writes_cbox_and_relion_layout_by_default(capsys, monkeypatch, tmp_path: Path) -> None:
     """Default relion_micrographs=Micrographs: CBOX beside BOX, Micrographs/mic_autopick.star (the
     mirror of Micrographs/mic.mrc) with the BOX file's particles, and the autopick.star index
     naming it (absolute, since the run directory lies outside the working directory)."""
     out = tmp_path / "out"
-    r = _run("consensus", f"pickers=[{','.join(map(str, _agreeing_pickers(tmp_path)))}]", f"out_dir={out}")
-    assert r.returncode == 0, r.stderr
+    code, _, err = run_cli(capsys, monkeypatch, "consensus", f"pickers=[{','.join(map(str, _agreeing_pickers(tmp_path)))}]", f"out_dir={out}")
+    assert code == 0, err
     box = read_box(out / "box" / "mic.box")
     np.testing.assert_allclose(read_cbox(out / "cbox" / "mic.cbox").centres, box.centres, atol=0.5)
     coords = out / "Micrographs" / "mic_autopick.star"
@@ -104,13 +106,13 @@ def test_consensus_writes_cbox_and_relion_layout_by_default(tmp_path: Path) -> N
     assert not (out / "coords_suffix_autopick.star").exists()
 
 
-def test_missing_micrographs_star_exits_2_before_writing(tmp_path: Path) -> None:
+def test_missing_micrographs_star_exits_2_before_writing(capsys, monkeypatch, tmp_path: Path) -> None:
     """Bad input: relion_micrographs naming a STAR that does not exist → exit 2, one line naming
     it, no outputs (it is read before the consensus runs)."""
     out = tmp_path / "out"
-    r = _run("consensus", f"pickers=[{','.join(map(str, _agreeing_pickers(tmp_path)))}]",
+    code, _, err = run_cli(capsys, monkeypatch, "consensus", f"pickers=[{','.join(map(str, _agreeing_pickers(tmp_path)))}]",
              f"relion_micrographs={tmp_path / 'CtfFind' / 'micrographs_ctf.star'}", f"out_dir={out}")
-    assert r.returncode == 2
-    lines = r.stderr.strip().splitlines()
+    assert code == 2
+    lines = err.strip().splitlines()
     assert len(lines) == 1 and "micrographs_ctf.star does not exist" in lines[0]
     assert not (out / "summary.tsv").exists() and not (out / "autopick.star").exists()
