@@ -17,7 +17,7 @@ import torch
 from ackmeans_torch.class3d import Class3DOptions, run_class3d
 from ackmeans_torch.class3d.model import SliceMatch, low_pass_gains
 from ackmeans_torch.class3d.poses import (
-    POSE_STEP, pose_derivatives, refine_poses, rotation_angle, rotation_steps, with_poses,
+    POSE_STEP, gradient_projector, pose_derivatives, refine_poses, rotation_angle, rotation_steps, with_poses,
 )
 from ackmeans_torch.class3d.variability import variability
 from ackmeans_torch.cluster.options import ClusterOptions
@@ -83,21 +83,25 @@ def test_shift_values_is_phase_shift_at_the_kept_pixels():
 
 
 def test_pose_derivatives_predict_a_small_turn_and_shift():
-    """The projection at a pose turned by 0.3° about each image axis, and shifted by 0.2 px,
-    differs from the projection by the derivative times the step, to first order (≤ 10 %)."""
+    """The derivatives predict the change of the projection for a 1° turn about each image axis
+    (central, as a finer 4×-padded projector interpolates it: ≤ 10 %; measured 5–7 %, and
+    15–20 % against the 2×-padded one, whose trilinear interpolation is what differs) and for a
+    0.2 px shift (≤ 10 %); the gradient projector's first channel is the map's projection."""
     volume = phantom(BOX)
-    projector = FourierProjector(volume)
+    fine = FourierProjector(volume, padding=4)
     back = BackProjector(BOX, max_radius=10)
     rotations = random_rotations(5, generator=torch.Generator().manual_seed(0)).float()
     ctf = torch.ones(5, len(back.pixels))
-    slices = projector.sample(rotations, back.k2d)[0]
-    derivatives = pose_derivatives(projector, rotations, back.k2d, slices, ctf)
-    angle = math.radians(0.3)
+    slices, derivatives = pose_derivatives(gradient_projector(volume, padding=4), rotations,
+                                           back.k2d, ctf)
+    torch.testing.assert_close(slices, fine.sample(rotations, back.k2d)[0])
+    angle = math.radians(1.0)
     for axis in range(3):
         step = torch.zeros(3)
         step[axis] = angle
-        turned = projector.sample(rotation_steps(step) @ rotations, back.k2d)[0]
-        change, predicted = turned - slices, derivatives[axis] * (angle / POSE_STEP)
+        change = (fine.sample(rotation_steps(step) @ rotations, back.k2d)[0]
+                  - fine.sample(rotation_steps(-step) @ rotations, back.k2d)[0]) / 2
+        predicted = derivatives[axis] * (angle / POSE_STEP)
         assert float((change - predicted).norm() / change.norm()) < 0.1
     for axis in range(2):
         shift = torch.zeros(5, 2)

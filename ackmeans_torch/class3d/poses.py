@@ -10,16 +10,19 @@ rotation carries ~10⁴·σ² per rad², a Cramér-Rao bound near 0.3° per part
 
 To first order a small rotation δ (about the image's x, y, z axes) and shift τ change the
 CTF-weighted projection of a map V by Σ δ_m ∂_m(cPV) + Σ τ_m ∂_τm(cPV): the rotation
-derivatives numerical (central differences of projections at poses turned by
-:data:`POSE_STEP` either way), the shift derivatives exact (i·k times the slice). :func:`pose_derivatives` gives
-them; ``class3d/variability.py`` fits them per particle as nuisance terms (flat priors) so pose
-errors do not become components of variability.
+derivatives from the 3D spectrum's gradient at the slice points (:func:`gradient_projector`:
+the map and x·V, y·V, z·V interpolated together), the shift derivatives exact (i·k times the
+slice). :func:`pose_derivatives` gives them; ``class3d/variability.py`` fits them per particle
+as nuisance terms (flat priors) so pose errors do not become components of variability.
 
 :func:`refine_poses` is RELION's local searches made Gauss-Newton: per particle the amplitude a
 and the five pose terms fitted jointly by least squares over the band, the pose moved by
-(δ, τ) = coefficients / a (clamped to ``max_step_deg``, ``max_shift_px`` per step), the projection made again at the new
-pose, ``steps`` times; then the consensus map is made again from the new poses and the round is
-repeated (``rounds``), since the first map is blurred by the very errors being corrected.
+(δ, τ) = coefficients / a (clamped to ``max_step_deg``, ``max_shift_px`` per step), the
+projection made again at the new pose, ``steps`` times; then the consensus map is made again
+from the new poses and the round is repeated (``rounds``), since the first map is blurred by
+the very errors being corrected. (With central differences of turned projections instead of
+the gradient the same refinement took 2.2× as long, 47.9 s against 22.1 s for 3,000 particles
+at 12 Å, for the same result: 1.05° / 0.13 px against 1.06° / 0.13 px.)
 """
 
 from __future__ import annotations
@@ -37,10 +40,10 @@ from ackmeans_torch.io.star import with_origins_px
 from ackmeans_torch.ops.projection import BackProjector, FourierProjector, relion_origin_to_shift
 from ackmeans_torch.ops.rotations import matrix_to_euler
 
-__all__ = ["POSE_STEP", "pose_derivatives", "consensus_map", "refine_poses", "rotation_angle",
-           "rotation_steps", "normal_equations", "with_poses"]
+__all__ = ["POSE_STEP", "consensus_map", "gradient_projector", "normal_equations",
+           "pose_derivatives", "refine_poses", "rotation_angle", "rotation_steps", "with_poses"]
 
-#: the step (radians) of the numerical derivatives along rotations
+#: the unit (radians) of the rotation derivatives and of the refinement's rotation steps
 POSE_STEP = math.radians(1.0)
 
 
@@ -65,19 +68,42 @@ def rotation_angle(a: Tensor, b: Tensor) -> Tensor:
     return torch.rad2deg(torch.arccos(cosine))
 
 
+def gradient_projector(volume: Tensor, *, padding: int,
+                       max_radius: float | None = None) -> FourierProjector:
+    """A projector of ``volume (L, L, L)`` and of x·V, y·V, z·V (x, y, z voxel offsets from the
+    centre voxel): the 3D spectrum's gradient ∂F/∂k is −2πi/L times the spectra of the last
+    three, so :func:`pose_derivatives` reads the map and its gradient at one set of points."""
+    size = volume.shape[-1]
+    axis = torch.arange(size, device=volume.device, dtype=volume.dtype) - size // 2
+    z, y, x = axis[:, None, None], axis[None, :, None], axis[None, None, :]
+    return FourierProjector(torch.stack([volume, x * volume, y * volume, z * volume]),
+                            padding=padding, max_radius=max_radius)
+
+
 def pose_derivatives(projector: FourierProjector, rotations: Tensor, k2d: Tensor,
-                     slices: Tensor, ctf: Tensor) -> Tensor:
-    """``(5, B, n)`` the first-order change of the CTF-weighted projections ``slices (B, n)`` of
-    ``projector``'s one map at ``rotations (B, 3, 3)`` (pixels ``k2d (n, 2)``, CTF ``ctf (B, n)``)
-    per :data:`POSE_STEP` of rotation about the image's x, y, z axes (central differences:
-    one step either way; a forward difference was 13 % off for a 0.3° turn), and per unit of
-    ``-L/2π`` px of shift along x, y (module docstring)."""
-    eye = torch.eye(3, device=rotations.device)
-    steps = rotation_steps(POSE_STEP * torch.cat([eye, -eye])).to(rotations.dtype)
-    turned = torch.einsum("aij,bjk->abik", steps, rotations).reshape(-1, 3, 3)
-    moved = projector.sample(turned, k2d)[0].reshape(6, len(rotations), -1) * ctf
-    shifted = (1j * k2d.T[:, None, :].to(slices.dtype)) * slices
-    return torch.cat([(moved[:3] - moved[3:]) / 2, shifted])
+                     ctf: Tensor) -> tuple[Tensor, Tensor]:
+    """``(B, n)`` the CTF-weighted projections of ``projector``'s map (:func:`gradient_projector`)
+    at ``rotations (B, 3, 3)``, pixels ``k2d (n, 2)``, CTF ``ctf (B, n)``, and ``(5, B, n)`` their
+    first-order change per :data:`POSE_STEP` of rotation about the image's x, y, z axes and per
+    unit of ``-L/2π`` px of shift along x, y. A turn S about image axis u moves the slice point
+    Aᵀk to Aᵀ Sᵀ k, at the rate −Aᵀ(u × k): the change is ∇F there along that direction, exact
+    to the interpolation (where central differences of turned projections needed six more
+    projections and were 13 % off for a 0.3° turn one-sided); a shift t multiplies the slice by
+    exp(−2πi k·t/L), whose rate is −2π/L times i·k times the slice."""
+    size = projector.box_size
+    values = projector.sample(rotations, k2d)  # (4, B, n): F, then the spectra of x·V, y·V, z·V
+    slices = values[0] * ctf
+    gradient = values[1:] * ((-2j * math.pi / size) * POSE_STEP)
+    k = torch.cat([k2d, torch.zeros_like(k2d[:, :1])], 1).to(rotations.dtype)  # (n, 3) image frame
+    # u × k for u = x̂, ŷ, ẑ with k = (kx, ky, 0): (0, 0, ky), (0, 0, −kx), (−ky, kx, 0)
+    zero = torch.zeros_like(k[:, 0])
+    cross = torch.stack([torch.stack([zero, zero, k[:, 1]], 1),
+                         torch.stack([zero, zero, -k[:, 0]], 1),
+                         torch.stack([-k[:, 1], k[:, 0], zero], 1)])
+    direction = -torch.einsum("unc,bcd->dubn", cross, rotations)  # (3 axes d, 3 turns u, B, n)
+    turns = (gradient[:, None] * direction.to(gradient.dtype)).sum(0) * ctf
+    shifts = (1j * k2d.T[:, None, :].to(slices.dtype)) * slices
+    return slices, torch.cat([turns, shifts])
 
 
 def consensus_map(provider: SliceMatch, back: BackProjector, read, *, chunk_size: int,
@@ -143,7 +169,7 @@ def refine_poses(provider: SliceMatch, *, rounds: int, steps: int = 3,
         provider.rotations = rotations  # the consensus map at the poses found so far
         mean = consensus_map(provider, back, read, chunk_size=chunk_size, shard=shard,
                              reduce=reduce)
-        projector = FourierProjector(mean, padding=provider.padding, max_radius=provider.band)
+        projector = gradient_projector(mean, padding=provider.padding, max_radius=provider.band)
         found_r = torch.zeros_like(rotations)
         found_t = torch.zeros_like(moved)
         for first in range(0, n, chunk_size):
@@ -155,9 +181,8 @@ def refine_poses(provider: SliceMatch, *, rounds: int, steps: int = 3,
             pose, tau = rotations[rows], moved[rows].clone()
             for _ in range(steps):
                 x = shift_values(data["x"], k2d, -tau, size)
-                slices = projector.sample(pose, k2d)[0] * data["ctf"]
-                basis = torch.cat([slices[None], pose_derivatives(projector, pose, k2d, slices,
-                                                                  data["ctf"])])
+                slices, derivatives = pose_derivatives(projector, pose, k2d, data["ctf"])
+                basis = torch.cat([slices[None], derivatives])
                 coef = _solve(basis, x, w)
                 a = coef[:, :1]
                 # a particle that hardly matches the map (amplitude below a tenth of the

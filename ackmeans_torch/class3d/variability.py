@@ -49,7 +49,9 @@ import torch
 from torch import Tensor
 
 from ackmeans_torch.class3d.model import SliceMatch, low_pass_gains
-from ackmeans_torch.class3d.poses import consensus_map, normal_equations, pose_derivatives
+from ackmeans_torch.class3d.poses import (
+    consensus_map, gradient_projector, normal_equations, pose_derivatives,
+)
 from ackmeans_torch.cluster.engine import Reduce, Shard
 from ackmeans_torch.ops.fourier import filter_shells
 from ackmeans_torch.ops.projection import BackProjector, FourierProjector
@@ -95,14 +97,14 @@ def _posterior(band: "_SubBand", data: dict[str, Tensor], index: Tensor,
                projector: FourierProjector, mean_projector: FourierProjector | None,
                sigma2: float | None) -> _Posterior:
     """The E-step of the chunk ``index`` (module docstring), with the pose terms of
-    ``mean_projector``'s map (None: without them); ``sigma2`` None: the noise of the fit of the
+    ``mean_projector``'s map (:func:`gradient_projector`; None: without them); ``sigma2`` None: the noise of the fit of the
     mean (and the pose terms) alone (the first round, before the components mean anything)."""
     rotations = band.rotations[index.to(band.device)]
     slices = projector.sample(rotations, band.k2d) * data["ctf"]
     fixed = slices[:1]
     if mean_projector is not None:
         fixed = torch.cat([fixed, pose_derivatives(mean_projector, rotations, band.k2d,
-                                                   slices[0], data["ctf"])])
+                                                   data["ctf"])[1]])
     basis = torch.cat([fixed, slices[1:]])  # (1 [+ 5] + q, B, n): amplitude, pose, components
     w, x = band.pixel_weight, data["x"]
     gram, rhs = normal_equations(basis, x, w)
@@ -173,7 +175,7 @@ def variability(provider: SliceMatch, n_components: int, *, iterations: int,
     start = filter_shells(start, gains) * mask
     components = start * (0.05 * mean.norm() / start.flatten(1).norm(dim=1))[:, None, None, None]
     padded = back.padded_size
-    mean_projector = (FourierProjector(mean, padding=provider.padding, max_radius=radius)
+    mean_projector = (gradient_projector(mean, padding=provider.padding, max_radius=radius)
                       if pose_terms else None)
     sigma2, change = None, []
     for round_ in range(iterations + 1):
