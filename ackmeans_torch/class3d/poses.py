@@ -146,8 +146,7 @@ def _solve(basis: Tensor, x: Tensor, w: Tensor) -> Tensor:
 
 def refine_poses(provider: SliceMatch, *, rounds: int, steps: int = 3,
                  max_step_deg: float = 2.0, max_shift_px: float = 1.0, chunk_size: int,
-                 shard: Shard,
-                 reduce: Reduce) -> tuple[Tensor, Tensor]:
+                 shard: Shard, reduce: Reduce) -> tuple[Tensor, Tensor]:
     """``(rotations (N, 3, 3), shifts (N, 2) px)`` of the provider's particles refined locally
     against their consensus map over the provider's band (module docstring); every particle's
     row is filled on every process (summed across them)."""
