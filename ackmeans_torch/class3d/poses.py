@@ -109,7 +109,8 @@ def pose_derivatives(projector: FourierProjector, rotations: Tensor, k2d: Tensor
 def consensus_map(provider: SliceMatch, back: BackProjector, read, *, chunk_size: int,
                   shard: Shard, reduce: Reduce) -> Tensor:
     """The least-squares map Σ c·X / (Σ c² + ε) of all the provider's particles at ``back``'s
-    pixels (``read(index)``: their values there), under the reference mask; unfiltered (no FSC
+    pixels (``read(index)``: their values there; ``provider``: a SliceMatch or a view of one
+    with its n_items, rotations, reconstruct and reference_mask), under the reference mask; unfiltered (no FSC
     weight or soft low-pass: a shrunk mean would leave part of itself in every residual)."""
     n = provider.n_items
     back.numerator.zero_()

@@ -281,29 +281,27 @@ def initial_maps(provider: SliceMatch, options: Class3DOptions, n_classes: int, 
                  chunk_size: int = 1024) -> Tensor:
     """The K starting maps of :class:`Class3DOptions` ``init`` (module docstring)."""
     size = provider.box_size
+    resolution = options.init_resolution or options.resolution
     if options.init == "variability":
         resolution = options.init_resolution or VARIABILITY_RESOLUTION
         maps = _variability_start(provider, options, n_classes, resolution=resolution,
                                   generator=generator, chunk_size=chunk_size, shard=shard,
                                   reduce=reduce)
-        return filter_shells(maps, low_pass_gains(size, min(
-            size // 2, size * provider.pixel_size / resolution))) * provider.reference_mask
-    # pca: at most init_maps maps, each of at least MIN_MAP_PARTICLES (a map of a dozen particles
-    # is noise only), and never fewer maps than classes
-    n_maps = n_classes if options.init != "pca" else max(
-        n_classes, min(options.init_maps, provider.n_items // MIN_MAP_PARTICLES))
-    subset = options.init_subset or max(1, provider.n_items // n_maps)
-    if n_maps * subset > provider.n_items:
-        raise InputError(f"class3d.init_subset={subset} x {n_maps} maps exceeds the "
-                         f"{provider.n_items} particles; lower it")
-    resolution = options.init_resolution or options.resolution
-    if options.init == "maps":
+    elif options.init == "maps":
         maps = _read_maps(options.maps, box_size=size, pixel_size=provider.pixel_size)
         if len(maps) != n_classes:
             raise InputError(f"class3d.maps has {len(maps)} maps for n_classes={n_classes}; "
                              "give one map per class")
         maps = maps.to(provider.device)
     else:
+        # pca: at most init_maps maps, each of at least MIN_MAP_PARTICLES (a map of a dozen
+        # particles is noise only), and never fewer maps than classes
+        n_maps = n_classes if options.init != "pca" else max(
+            n_classes, min(options.init_maps, provider.n_items // MIN_MAP_PARTICLES))
+        subset = options.init_subset or max(1, provider.n_items // n_maps)
+        if n_maps * subset > provider.n_items:
+            raise InputError(f"class3d.init_subset={subset} x {n_maps} maps exceeds the "
+                             f"{provider.n_items} particles; lower it")
         maps = _subset_maps(provider, n_maps, subset, generator=generator, shard=shard,
                             reduce=reduce)
         if options.init == "pca":

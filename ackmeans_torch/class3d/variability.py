@@ -94,18 +94,20 @@ class _Posterior:
 
 
 def _posterior(band: "_SubBand", data: dict[str, Tensor], index: Tensor,
-               projector: FourierProjector, mean_projector: FourierProjector | None,
+               projector: FourierProjector, mean_projector: FourierProjector, pose_terms: bool,
                sigma2: float | None) -> _Posterior:
-    """The E-step of the chunk ``index`` (module docstring), with the pose terms of
-    ``mean_projector``'s map (:func:`gradient_projector`; None: without them); ``sigma2`` None: the noise of the fit of the
-    mean (and the pose terms) alone (the first round, before the components mean anything)."""
+    """The E-step of the chunk ``index`` (module docstring): ``projector`` holds the components,
+    ``mean_projector`` the mean (a :func:`gradient_projector` with ``pose_terms``, whose
+    derivatives are then fitted too); ``sigma2`` None: the noise of the fit of the mean (and
+    the pose terms) alone (the first round, before the components mean anything)."""
     rotations = band.rotations[index.to(band.device)]
-    slices = projector.sample(rotations, band.k2d) * data["ctf"]
-    fixed = slices[:1]
-    if mean_projector is not None:
-        fixed = torch.cat([fixed, pose_derivatives(mean_projector, rotations, band.k2d,
-                                                   data["ctf"])[1]])
-    basis = torch.cat([fixed, slices[1:]])  # (1 [+ 5] + q, B, n): amplitude, pose, components
+    if pose_terms:
+        slices, turns = pose_derivatives(mean_projector, rotations, band.k2d, data["ctf"])
+        fixed = torch.cat([slices[None], turns])
+    else:
+        fixed = mean_projector.sample(rotations, band.k2d) * data["ctf"]
+    parts = projector.sample(rotations, band.k2d) * data["ctf"]
+    basis = torch.cat([fixed, parts])  # (1 [+ 5] + q, B, n): amplitude, pose, components
     w, x = band.pixel_weight, data["x"]
     gram, rhs = normal_equations(basis, x, w)
     count = 2 * float(w.sum()) * len(index)
@@ -124,7 +126,6 @@ def _posterior(band: "_SubBand", data: dict[str, Tensor], index: Tensor,
     covariance = (sigma2 / 2) * torch.linalg.inv(precision)[:, n_fixed:, n_fixed:]
     z = mean[:, n_fixed:]
     residual = x - torch.einsum("ba,abn->bn", mean[:, :n_fixed].to(x.dtype), fixed)
-    parts = slices[1:]
     fit = residual - torch.einsum("ba,abn->bn", z.to(parts.dtype), parts)
     noise = (float((w * fit.abs() ** 2).sum())
              + 2 * float((gram[:, n_fixed:, n_fixed:] * covariance).sum()))
@@ -175,12 +176,11 @@ def variability(provider: SliceMatch, n_components: int, *, iterations: int,
     start = filter_shells(start, gains) * mask
     components = start * (0.05 * mean.norm() / start.flatten(1).norm(dim=1))[:, None, None, None]
     padded = back.padded_size
-    mean_projector = (gradient_projector(mean, padding=provider.padding, max_radius=radius)
-                      if pose_terms else None)
+    mean_projector = (gradient_projector if pose_terms else FourierProjector)(
+        mean, padding=provider.padding, max_radius=radius)
     sigma2, change = None, []
     for round_ in range(iterations + 1):
-        projector = FourierProjector(torch.cat([mean[None], components]), padding=provider.padding,
-                                     max_radius=radius)
+        projector = FourierProjector(components, padding=provider.padding, max_radius=radius)
         last = round_ == iterations
         coordinates = torch.zeros((n, n_components), device=device)
         totals = {"numerator": torch.zeros((n_components,) + (padded,) * 3,
@@ -192,7 +192,7 @@ def variability(provider: SliceMatch, n_components: int, *, iterations: int,
             if not len(index):
                 continue
             data = band.read(index)
-            post = _posterior(band, data, index, projector, mean_projector, sigma2)
+            post = _posterior(band, data, index, projector, mean_projector, pose_terms, sigma2)
             coordinates[index.to(device)] = post.z
             totals["noise"] += torch.tensor([post.noise, post.count], dtype=torch.float64,
                                             device=device)
