@@ -1,4 +1,4 @@
-"""Time and memory of one round of 3D classification (E-step distances to every class's
+"""Time and memory of rounds of 3D classification (E-step distances to every class's
 projections + M-step reconstructions), side by side with RELION Class3D per iteration, and how
 they grow with N and K.
 
@@ -12,10 +12,13 @@ torch thread and with two, at our target resolution and at the band RELION's ite
 (its ``rlnCurrentImageSize``: the work per particle grows with the band's area, so this is the
 like-for-like row). Ours: a fresh process
 per row reads the STAR, makes the start maps (random halves, RELION's reference is made
-outside its iterations too), then ``fit_clusters(max_iter=1)`` runs the initial assignment and
-one round: the printed time is that / 2 passes, each an E-step over all particles and a
-complete M-step (the K class maps, their half maps and FSC). The ratio is RELION's seconds per
-iteration over ours per round.
+outside its iterations too), then ``fit_clusters(max_iter=--rounds)`` runs the initial
+assignment and that many ACK-means rounds (own-class correction on, as classify3d runs), each an
+E-step over all particles and a complete M-step (the K class maps, their half maps and FSC).
+Printed: round 1 (every particle inserted afresh) and the mean of rounds 2 on (inserted
+incrementally once the previous round moved ≤ 50 % of the particles), with σ, the % of
+particles that changed class in each. The ratios are RELION's seconds per iteration over ours
+per round, for round 1 and for the later rounds.
 
 Scale rows (``--rows NxK ...``): ours only, on the built-in heterogeneous phantom set
 (``sim.hetero.HeteroSimulation``, 64 px, 4 Å/px, CTF, SNR 1/10) held in memory, simulated in a
@@ -49,9 +52,11 @@ import numpy as np  # noqa: E402
 REPO = Path(__file__).resolve().parents[1]
 
 
-def time_round(source, n_classes: int, resolution: float) -> dict:
-    """Start maps, then the initial assignment and one round of ACK-means (β 0.5) on
-    ``source`` (particles with poses and CTF): seconds per pass and of the start maps."""
+def time_round(source, n_classes: int, resolution: float, rounds: int) -> dict:
+    """Start maps, then the initial assignment and ``rounds`` rounds of ACK-means (β 0.5, the
+    own-class correction on: the classify3d default) on ``source`` (particles with poses and
+    CTF): seconds of the start maps and of each pass, the fraction of particles that changed
+    class in each."""
     import torch
 
     from ackmeans_torch.class3d.model import SliceMatch
@@ -66,14 +71,23 @@ def time_round(source, n_classes: int, resolution: float) -> dict:
     start = time.perf_counter()
     maps = initial_maps(provider, Class3DOptions(init="simple", resolution=resolution),
                         n_classes, generator=generator, shard=identity, reduce=identity)
-    made = time.perf_counter()
-    fit_clusters(provider, maps, rule=QuadraticPenalty(beta=0.5), max_iter=1, sigma0=0.0,
-                 batch_size=1, chunk_size=1024, generator=generator)
-    end = time.perf_counter()
-    return {"n": provider.n_items, "k": n_classes, "start_s": made - start,
-            "round_s": (end - made) / 2,
+    ends = [time.perf_counter()]
+    fit = fit_clusters(provider, maps, rule=QuadraticPenalty(beta=0.5), max_iter=rounds,
+                       sigma0=0.0, batch_size=1, chunk_size=1024, generator=generator,
+                       leave_one_out=True, on_iteration=lambda state: ends.append(
+                           time.perf_counter()))
+    return {"n": provider.n_items, "k": n_classes, "start_s": ends[0] - start,
+            "pass_s": np.diff(ends).tolist(), "sigma": [h["sigma"] for h in fit.history],
             "peak_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
             "threads": torch.get_num_threads()}
+
+
+def rounds_cell(r: dict) -> tuple[float, float, str]:
+    """Round 1 (every particle inserted: σ of the initial pass is 1), the mean of the later
+    rounds, and those rounds' σ (the fraction of particles that changed class in each)."""
+    later = r["pass_s"][2:] or r["pass_s"][1:]
+    sigmas = ", ".join(f"{100 * s:.1f}" for s in r["sigma"][2:])
+    return r["pass_s"][1], float(np.mean(later)), sigmas
 
 
 def child(args) -> dict:
@@ -82,7 +96,7 @@ def child(args) -> dict:
     if args.child_star:
         from ackmeans_torch.data.stack import open_source
 
-        return time_round(open_source(args.child_star), args.k, args.resolution)
+        return time_round(open_source(args.child_star), args.k, args.resolution, args.rounds)
     import warnings
 
     from ackmeans_torch.data.source import ArraySource
@@ -93,12 +107,13 @@ def child(args) -> dict:
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # one round never converges: that is the point
         return time_round(ArraySource(data.images, data.particles, pixel_size=data.voxel_size),
-                          k, args.resolution)
+                          k, args.resolution, args.rounds)
 
 
-def run_child(extra: list[str], *, threads: int, resolution: float) -> dict:
+def run_child(extra: list[str], *, threads: int, resolution: float, rounds: int) -> dict:
     env = dict(os.environ, OMP_NUM_THREADS=str(threads), PYTHONWARNINGS="ignore")
-    out = subprocess.run([sys.executable, __file__, *extra, "--resolution", str(resolution)],
+    out = subprocess.run([sys.executable, __file__, *extra, "--resolution", str(resolution),
+                          "--rounds", str(rounds)],
                          capture_output=True, text=True, check=True, env=env)
     return json.loads(out.stdout.strip().splitlines()[-1])
 
@@ -151,13 +166,15 @@ def side_by_side(n: int, args) -> list[str]:
              f"{relion:.1f} per iteration ({', '.join(f'{t:.1f}' for t in per_iter)}) | - | "
              f"{os.getloadavg()[0]:.1f} |"]
     print(lines[-1], flush=True)
-    for threads in (1, 2):
+    for threads in args.side_threads:
         for resolution in (args.resolution, same):
             r = run_child(["--child-star", str(set_dir / "particles.star"), "--k", "3"],
-                          threads=threads, resolution=resolution)
+                          threads=threads, resolution=resolution, rounds=args.rounds)
+            first, later, sigmas = rounds_cell(r)
             lines.append(f"| {n:,} | 3 | ours, band {resolution:.1f} Å, {threads} torch "
-                         f"thread{'s' * (threads > 1)} | {r['round_s']:.2f} per round | "
-                         f"{relion / r['round_s']:.1f} | {os.getloadavg()[0]:.1f} |")
+                         f"thread{'s' * (threads > 1)} | {first:.2f} (round 1); {later:.2f} "
+                         f"(rounds 2–{args.rounds}, σ {sigmas} %) | {relion / first:.1f}; "
+                         f"{relion / later:.1f} | {os.getloadavg()[0]:.1f} |")
             print(lines[-1], flush=True)
     return lines
 
@@ -175,6 +192,11 @@ def main() -> None:
                         help="RELION's initial reference low-pass and --ini_high (Å)")
     parser.add_argument("--j", type=int, default=2, help="RELION threads (--j)")
     parser.add_argument("--threads", type=int, default=1, help="torch threads of the scale rows")
+    parser.add_argument("--side-threads", type=int, nargs="+", default=[1, 2],
+                        help="torch threads of our side-by-side rows")
+    parser.add_argument("--rounds", type=int, default=4,
+                        help="rounds after the initial pass (round 1 inserts every particle; "
+                             "later ones, once few change class, only those that do)")
     parser.add_argument("--out", type=Path, default=REPO / "runs" / "bench_class3d_scale")
     parser.add_argument("--child", help=argparse.SUPPRESS)
     parser.add_argument("--child-star", help=argparse.SUPPRESS)
@@ -183,19 +205,25 @@ def main() -> None:
     if args.child or args.child_star:
         print(json.dumps(child(args)))
         return
-    print(f"# 3D classification, one round: 64 px, target {args.resolution:g} Å band unless said")
+    print(f"# 3D classification, {args.rounds} rounds after the initial pass: 64 px, target "
+          f"{args.resolution:g} Å band unless said")
     if args.relion:
-        print("\n| N | K | program | seconds | RELION / ours | load |\n|---|---|---|---|---|---|")
+        print("\n| N | K | program | seconds per iteration / round | RELION / ours | load |"
+              "\n|---|---|---|---|---|---|")
         for n in args.relion:
             side_by_side(n, args)
     if args.rows:
-        print("\n| N | K | s per round | s per 1k particles | start maps (s) | peak RSS (MB) | "
-              "torch threads | load |\n|---|---|---|---|---|---|---|---|")
+        print("\n| N | K | s round 1 | s later rounds (σ %) | s per 1k particles (round 1; "
+              "later) | start maps (s) | peak RSS (MB) | torch threads | load |"
+              "\n|---|---|---|---|---|---|---|---|---|")
         for row in args.rows:
-            r = run_child(["--child", row], threads=args.threads, resolution=args.resolution)
-            print(f"| {r['n']:,} | {r['k']} | {r['round_s']:.2f} | "
-                  f"{1000 * r['round_s'] / r['n']:.3f} | {r['start_s']:.1f} | "
-                  f"{r['peak_mb']:,.0f} | {r['threads']} | {os.getloadavg()[0]:.1f} |", flush=True)
+            r = run_child(["--child", row], threads=args.threads, resolution=args.resolution,
+                          rounds=args.rounds)
+            first, later, sigmas = rounds_cell(r)
+            print(f"| {r['n']:,} | {r['k']} | {first:.2f} | {later:.2f} ({sigmas}) | "
+                  f"{1000 * first / r['n']:.3f}; {1000 * later / r['n']:.3f} | "
+                  f"{r['start_s']:.1f} | {r['peak_mb']:,.0f} | {r['threads']} | "
+                  f"{os.getloadavg()[0]:.1f} |", flush=True)
 
 
 if __name__ == "__main__":

@@ -19,13 +19,15 @@ from ackmeans_torch.class3d.model import SliceMatch, low_pass_gains
 from ackmeans_torch.class3d.poses import (
     POSE_STEP, gradient_projector, pose_derivatives, refine_poses, rotation_angle, rotation_steps, with_poses,
 )
-from ackmeans_torch.class3d.variability import variability
+from ackmeans_torch.class3d.variability import high_pass_gains, variability
 from ackmeans_torch.cluster.options import ClusterOptions
 from ackmeans_torch.cluster.penalties import NoPenalty
 from ackmeans_torch.data.prepared import PreprocessOptions, preprocess
 from ackmeans_torch.data.source import ArraySource
 from ackmeans_torch.eval.metrics import matched_accuracy
-from ackmeans_torch.ops.fourier import fft2c, filter_shells, phase_shift, shift_values
+from ackmeans_torch.ops.fourier import (
+    fft2c, filter_shells, phase_shift, shift_values,
+)
 from ackmeans_torch.ops.projection import BackProjector, FourierProjector, relion_origin_to_shift
 from ackmeans_torch.ops.rotations import euler_to_matrix
 from ackmeans_torch.sim.hetero import HeteroSimulation, simulate_hetero
@@ -144,9 +146,18 @@ def test_refinement_recovers_most_of_the_pose_error():
     torch.testing.assert_close(again.shifts, shifts, atol=1e-4, rtol=0)
 
 
+def _band_difference(data, provider: SliceMatch) -> torch.Tensor:
+    """The true state difference in the components' band (30 Å down to the second shell),
+    under the reference mask."""
+    maps = data.state_maps
+    gains = low_pass_gains(BOX, BOX * data.voxel_size / 30.0) * high_pass_gains(BOX)
+    return filter_shells(maps[0] - maps[1], gains) * provider.reference_mask
+
+
 def test_components_point_along_the_state_difference_and_separate_the_states(two_states):
     """At the start's default band (30 Å) one component of variability is the domain's
-    difference (|cosine| ≥ 0.9 with the true difference, band-limited, under the mask) and the
+    difference (|cosine| ≥ 0.9 with the true difference in the components' band, under the
+    mask) and the
     sign of its coordinate gives the state for ≥ 85 % of the particles (measured 0.95 and 0.92;
     the classification loop then takes it to ≥ 0.95). At 16 Å the pose terms take a part of
     this large domain's difference (cosine 0.30; 0.76 without them): why the band is 30 Å."""
@@ -154,15 +165,33 @@ def test_components_point_along_the_state_difference_and_separate_the_states(two
     found = variability(provider, 1, iterations=8, resolution=30.0,
                         generator=torch.Generator().manual_seed(0), chunk_size=256,
                         shard=_same, reduce=_same)
-    maps = two_states.state_maps
-    gains = low_pass_gains(BOX, BOX * two_states.voxel_size / 30.0)
-    difference = filter_shells(maps[0] - maps[1], gains) * provider.reference_mask
+    difference = _band_difference(two_states, provider)
     component = found.components[0]
     cosine = float((difference * component).sum() / (difference.norm() * component.norm()))
     assert abs(cosine) >= 0.9, cosine
     labels = (found.coordinates[:, 0] > 0).long().numpy()
     assert matched_accuracy(labels, two_states.truth["state"].to_numpy()) >= 0.85
     assert found.change[-1] < found.change[0]
+
+
+def test_components_come_in_order_of_spread(two_states):
+    """Two components fitted to two states: the latent space is turned to the components'
+    principal axes, so the first is the one of larger spread and it is the domain's difference
+    (|cosine| ≥ 0.9; the second is noise), the coordinates turned with them (the sign of the
+    first still gives the state for ≥ 85 %)."""
+    provider = _provider(two_states, resolution=16.0)
+    found = variability(provider, 2, iterations=8, resolution=30.0,
+                        generator=torch.Generator().manual_seed(0), chunk_size=256,
+                        shard=_same, reduce=_same)
+    flat = (found.components * provider.reference_mask).flatten(1).double()
+    gram = flat @ flat.T
+    assert float(gram[0, 0]) > float(gram[1, 1])
+    assert abs(float(gram[0, 1])) < 1e-6 * float(gram[0, 0])
+    difference = _band_difference(two_states, provider).flatten()
+    cosine = float(flat[0] @ difference.double() / (flat[0].norm() * difference.norm()))
+    assert abs(cosine) >= 0.9, cosine
+    labels = (found.coordinates[:, 0] > 0).long().numpy()
+    assert matched_accuracy(labels, two_states.truth["state"].to_numpy()) >= 0.85
 
 
 def test_pose_terms_keep_pose_errors_out_of_the_coordinates(misaligned):

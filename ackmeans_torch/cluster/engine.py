@@ -14,7 +14,19 @@ Paper pseudocode → this module:
   9–12 reassign item by item with s′ ........... ``batch_size=1`` (sizes refreshed after each item)
   13 update centroids, 14 σ ................... end of each iteration; stop when σ ≤ σ0
 Centroids stay fixed during a pass (step 13 comes after the for-loop). With ``batch_size=B`` the
-sizes are refreshed after each batch of B items instead of each item; B = 1 is the paper.
+sizes are refreshed after each batch of B items instead of each item; B = 1 is the paper. The
+labels are the paper's item by item, computed faster (:func:`_sequential`): an item that keeps
+its class leaves the sizes as they were, so many items are scored at once and scoring resumes
+after the first one that moves.
+
+Incremental M-step: after the first rounds only a few % of the items change class per pass. When
+the dissimilarity's statistics depend only on the items and their labels
+(``Dissimilarity.incremental``), a pass after one that moved at most :data:`INCREMENTAL_MOVES`
+of the items updates that pass's statistics (this process's own sums, before ``reduce``) by
+taking each changed item out of its old class and putting it into its new one; every
+:data:`FULL_EVERY` passes, after a soft or global pass, and after a resume (the kept sums are
+not in the checkpoint) every item is summed afresh. The result is that of the full sum up to
+float rounding.
 The size rule (``cluster/penalties.py``) says how it assigns: per-item scores refreshed by batch
 (``SizePenalty``), or one global assignment of the whole (N, K) matrix (``GlobalSizeRule``,
 EQK-means); it also names the rule of the initial pass (``first_pass``).
@@ -131,6 +143,18 @@ class Dissimilarity(ABC):
         one-item class's own distance becomes infinite (nothing but the item supports it). A
         dissimilarity with another M-step overrides this."""
         return mean_leave_one_out(d, current, members)
+
+    #: the statistics of a set of items depend only on the items and their labels (not on the
+    #: centres) and add over items: the loop may then update the last pass's sums by the items
+    #: that changed class instead of summing every item again (:func:`_pass`)
+    incremental: bool = False
+
+    def add_statistics(self, total: dict[str, Tensor] | None, index: Tensor, labels: Tensor,
+                       centers: Tensor, *, sign: int = 1) -> dict[str, Tensor]:
+        """``total`` (None: nothing yet) plus ``sign`` (±1) × :meth:`statistics` of items
+        ``index`` in classes ``labels``; may add into ``total``'s tensors in place (the loop owns
+        them), which a dissimilarity with large statistics does to spare a temporary per chunk."""
+        return _add(total, self.statistics(index, labels, centers), sign)
 
     def update(self, statistics: dict[str, Tensor], previous: Tensor) -> Tensor:
         """The M-step: new centres (K, *F) from the summed ``statistics`` (with the loop's
@@ -262,14 +286,78 @@ def _check_finite(d: Tensor, first: int) -> None:
             f"non-finite dissimilarity for items from index {first}; check the input for NaN/inf")
 
 
-def _add(total: dict[str, Tensor] | None, part: dict[str, Tensor]) -> dict[str, Tensor]:
-    return dict(part) if total is None else {key: total[key] + part[key] for key in total}
+def _add(total: dict[str, Tensor] | None, part: dict[str, Tensor],
+         sign: int = 1) -> dict[str, Tensor]:
+    if total is None:
+        return dict(part) if sign == 1 else {key: -value for key, value in part.items()}
+    return {key: total[key].add(part[key], alpha=sign) for key in total}
+
+
+#: at most this many global batches are scored ahead with the same sizes (:func:`_sequential`)
+LOOKAHEAD = 64
+#: a pass updates the last pass's statistics by the items that change class (when the
+#: dissimilarity is ``incremental``) while the last pass moved at most this fraction of the items:
+#: taking a moved item out and putting it in costs two insertions, so at half the items moving
+#: both ways cost the same, and σ falls from pass to pass, so the last pass's bounds this one's...
+INCREMENTAL_MOVES = 0.5
+#: ...and sums every item afresh every this many passes, so float rounding does not pile up
+FULL_EVERY = 10
+
+
+@dataclass
+class _Kept:
+    """This process's statistics of the last pass before ``reduce`` (its own items only), the
+    labels they were made with, and the passes since they were summed afresh."""
+
+    statistics: dict[str, Tensor]
+    labels: Tensor
+    age: int = 0
+
+
+def _sequential(scored: Tensor, cur: Tensor, lengths: list[int], sizes: Tensor,
+                rule: SizePenalty, *, d_c: Tensor, n_items: int,
+                reduce: Reduce) -> tuple[Tensor, Tensor]:
+    """Hard labels of a chunk's rows ``scored (B, K)`` (current labels ``cur (B,)``), global
+    batch by global batch (this process's rows of each: ``lengths``), each scored with the sizes
+    refreshed after every batch before it, and the sizes after the chunk.
+
+    The same labels as scoring one batch at a time, faster: a batch whose items all keep their
+    class (or swap evenly) leaves the sizes as they were, so up to :data:`LOOKAHEAD` batches are
+    scored at once with the current sizes; every batch up to the first that changes the
+    (all-reduced) sizes was scored with exactly the sizes it would have met, the sizes take that
+    batch's change, and scoring resumes after it. Needs a rule whose score rows depend only on
+    their own row and the sizes (every :class:`SizePenalty` here)."""
+    k = scored.shape[1]
+    device = scored.device
+    ends = torch.tensor(lengths, device=device).cumsum(0).tolist()
+    starts = [0] + ends[:-1]
+    new = torch.empty_like(cur)
+    done = 0
+    while done < len(lengths):
+        last = min(len(lengths), done + LOOKAHEAD)
+        rows = slice(starts[done], ends[last - 1])
+        d_b, cur_b = scored[rows], cur[rows]
+        new_b = rule.scores(d_b, sizes, cur_b, d_c=d_c, n_items=n_items).argmin(1)
+        batch = torch.repeat_interleave(torch.arange(last - done, device=device),
+                                        torch.tensor(lengths[done:last], device=device))
+        # per batch +1 at the new class, −1 at the old one (an unassigned item has none)
+        delta = torch.bincount(batch * k + new_b, minlength=(last - done) * k)
+        placed = cur_b >= 0
+        delta -= torch.bincount(batch[placed] * k + cur_b[placed], minlength=(last - done) * k)
+        delta = reduce({"sizes": delta.view(-1, k)})["sizes"]
+        moved = delta.any(1)
+        accepted = int(moved.to(torch.uint8).argmax()) + 1 if bool(moved.any()) else last - done
+        stop = ends[done + accepted - 1]
+        new[starts[done]:stop] = new_b[:stop - starts[done]]
+        sizes = sizes + delta[:accepted].sum(0)
+        done += accepted
+    return new, sizes
 
 
 def _pass(provider: Dissimilarity, centers: Tensor, labels: Tensor, sizes: Tensor,
           rule: SizePenalty, *, d_c: Tensor, batch_size: int, chunk_size: int, shard: Shard,
-          reduce: Reduce, members: Tensor | None,
-          temperature: float = 0.0) -> tuple[Tensor, Tensor, dict[str, Tensor]]:
+          reduce: Reduce, members: Tensor | None, temperature: float = 0.0,
+          kept: _Kept | None = None) -> tuple[Tensor, Tensor, dict[str, Tensor], _Kept | None]:
     """One assignment pass over all items in index order (paper steps 9–12).
 
     Sizes are refreshed (all-reduced) after every global batch of ``batch_size`` items.
@@ -278,8 +366,11 @@ def _pass(provider: Dissimilarity, centers: Tensor, labels: Tensor, sizes: Tenso
     q = softmax(−scores / (τ·d_c)) of the same scores, the sizes are the expected sizes Σ q
     (refreshed by batch like the hard ones, the item's previous class taken out as in s′), the
     statistics are weighted by q (:meth:`Dissimilarity.soft_statistics`) and the label is the
-    most probable class. Returns new labels (complete after the final reduce), new sizes and the
-    reduced statistics (Σd of the plain distances, Σ q·d when soft; ``q_max`` per item when soft).
+    most probable class. ``kept``: the last hard pass's statistics (:class:`_Kept`), updated by
+    the items that change class instead of summed afresh when ``labels`` are the labels they
+    were made with (module docstring). Returns new labels (complete after the final reduce),
+    new sizes, the reduced statistics (Σd of the plain distances, Σ q·d when soft; ``q_max`` per
+    item when soft) and this pass's kept statistics (None when soft).
     """
     n, k = provider.n_items, centers.shape[0]
     device = centers.device
@@ -293,6 +384,10 @@ def _pass(provider: Dissimilarity, centers: Tensor, labels: Tensor, sizes: Tenso
     counts = torch.zeros(k, dtype=torch.float64 if soft else torch.int64, device=device)
     d_sum = torch.zeros((), dtype=torch.float64, device=device)
     moves = torch.zeros((), dtype=torch.int64, device=device)
+    incremental = (not soft and kept is not None and torch.equal(kept.labels, labels)
+                   and kept.age + 1 < FULL_EVERY)
+    if incremental:
+        statistics = kept.statistics
     batches_per_chunk = max(1, chunk_size // batch_size)
     for start in range(0, n, batches_per_chunk * batch_size):
         stop = min(n, start + batches_per_chunk * batch_size)
@@ -303,27 +398,26 @@ def _pass(provider: Dissimilarity, centers: Tensor, labels: Tensor, sizes: Tenso
         _check_finite(d, start)
         cur = labels[chunk_index.to(device)]
         scored = d if members is None else provider.leave_one_out(d, cur, members)
-        chunk_new = torch.empty_like(cur)
-        chunk_q = d.new_zeros(d.shape) if soft else None
-        offset = 0
-        for idx in local:
-            b = len(idx)
-            d_b, cur_b = scored[offset:offset + b], cur[offset:offset + b]
-            scores = rule.scores(d_b, sizes, cur_b, d_c=d_c, n_items=n)
-            # Old labels count in bins k..2k−1; an unassigned item (−1, first pass) goes to the
-            # dropped bin 3k.
-            old = torch.bincount(cur_b.where(cur_b >= 0, 2 * k) + k, minlength=3 * k + 1)[k:2 * k]
-            if soft:
+        if soft:
+            chunk_new = torch.empty_like(cur)
+            chunk_q = d.new_zeros(d.shape)
+            offset = 0
+            for idx in local:
+                b = len(idx)
+                d_b, cur_b = scored[offset:offset + b], cur[offset:offset + b]
+                scores = rule.scores(d_b, sizes, cur_b, d_c=d_c, n_items=n)
+                # Old labels count in bins k..2k−1; an unassigned item (−1, first pass) goes to
+                # the dropped bin 3k.
+                old = torch.bincount(cur_b.where(cur_b >= 0, 2 * k) + k,
+                                     minlength=3 * k + 1)[k:2 * k]
                 q_b = torch.softmax(-scores / scale, dim=1)
-                new_b = q_b.argmax(1)
-                delta = q_b.sum(0).to(torch.float64) - old
+                chunk_new[offset:offset + b] = q_b.argmax(1)
                 chunk_q[offset:offset + b] = q_b
-            else:
-                new_b = scores.argmin(1)
-                delta = torch.bincount(new_b, minlength=k) - old
-            sizes = sizes + reduce({"sizes": delta})["sizes"]
-            chunk_new[offset:offset + b] = new_b
-            offset += b
+                sizes = sizes + reduce({"sizes": q_b.sum(0).to(torch.float64) - old})["sizes"]
+                offset += b
+        else:
+            chunk_new, sizes = _sequential(scored, cur, [len(idx) for idx in local], sizes, rule,
+                                           d_c=d_c, n_items=n, reduce=reduce)
         dev_index = chunk_index.to(device)
         new_labels[dev_index] = chunk_new + 1
         if soft:
@@ -332,36 +426,54 @@ def _pass(provider: Dissimilarity, centers: Tensor, labels: Tensor, sizes: Tenso
             d_sum += (chunk_q * d).sum().to(torch.float64)
             q_max[dev_index] = chunk_q.amax(1).to(torch.float64)
         else:
-            statistics = _add(statistics, provider.statistics(chunk_index, chunk_new, centers))
+            if incremental:
+                changed = chunk_new != cur
+                if bool(changed.any()):
+                    moved = chunk_index[changed.to(chunk_index.device)]
+                    statistics = provider.add_statistics(statistics, moved, cur[changed],
+                                                         centers, sign=-1)
+                    statistics = provider.add_statistics(statistics, moved, chunk_new[changed],
+                                                         centers)
+            else:
+                statistics = provider.add_statistics(statistics, chunk_index, chunk_new, centers)
             counts += torch.bincount(chunk_new, minlength=k)
             d_sum += d.gather(1, chunk_new[:, None]).sum().to(torch.float64)
         moves += (chunk_new != cur).sum()
     extra = {"q_max": q_max} if soft else {}
     stats = reduce({**statistics, "labels": new_labels, "counts": counts, "d_sum": d_sum,
                     "moves": moves, **extra})
-    return stats["labels"] - 1, sizes, stats
+    labels = stats["labels"] - 1
+    if soft or not provider.incremental:
+        return labels, sizes, stats, None
+    return labels, sizes, stats, _Kept(statistics, labels, kept.age + 1 if incremental else 0)
 
 
 def _global_pass(provider: Dissimilarity, centers: Tensor, labels: Tensor, rule: GlobalSizeRule,
                  *, chunk_size: int, shard: Shard, reduce: Reduce,
                  members: Tensor | None) -> tuple[Tensor, dict[str, Tensor]]:
     """A pass of a global rule (EQK-means): it assigns from the whole (N, K) matrix at once
-    (leave-one-out own-class distances when ``members`` is given, as in :func:`_pass`)."""
+    (leave-one-out own-class distances when ``members`` is given, as in :func:`_pass`: made
+    chunk by chunk, right after each chunk's distances)."""
     n, k = provider.n_items, centers.shape[0]
     d_all = centers.new_zeros((n, k))
+    scored = None if members is None else centers.new_zeros((n, k))
     for start in range(0, n, chunk_size):
         idx = shard(torch.arange(start, min(n, start + chunk_size)))
         if len(idx):
             d = provider.dissimilarity(idx, centers)
             _check_finite(d, start)
-            d_all[idx.to(centers.device)] = d
-    d_all = reduce({"d": d_all})["d"]
-    new = rule.assign(d_all if members is None else provider.leave_one_out(d_all, labels, members))
+            rows = idx.to(centers.device)
+            d_all[rows] = d
+            if members is not None:
+                scored[rows] = provider.leave_one_out(d, labels[rows], members)
+    summed = reduce({"d": d_all} if members is None else {"d": d_all, "scored": scored})
+    d_all = summed["d"]
+    new = rule.assign(summed.get("scored", d_all))
     statistics = None
     for start in range(0, n, chunk_size):
         idx = shard(torch.arange(start, min(n, start + chunk_size)))
-        statistics = _add(statistics, provider.statistics(idx, new[idx.to(centers.device)],
-                                                          centers))
+        statistics = provider.add_statistics(statistics, idx, new[idx.to(centers.device)],
+                                             centers)
     stats = reduce(statistics)
     stats.update(counts=torch.bincount(new, minlength=k),
                  d_sum=d_all.gather(1, new[:, None]).sum().to(torch.float64),
@@ -440,6 +552,9 @@ def fit_clusters(provider: Dissimilarity, centers: Tensor, *, rule: SizeRule,
     stopped = "max_iter"
     n_iter = 0
     first = 0
+    # the last hard pass's statistics on this process, for an incremental M-step (_pass); not
+    # in the loop's state, so the first pass after a resume sums every item
+    kept = None
     if start is not None:
         if start.labels.shape != (n,) or start.centers.shape[0] != k:
             raise InputError(f"saved state has {start.labels.shape[0]} items and "
@@ -467,14 +582,15 @@ def fit_clusters(provider: Dissimilarity, centers: Tensor, *, rule: SizeRule,
             new_labels, stats = _global_pass(provider, centers, labels, active,
                                              chunk_size=chunk_size, shard=shard, reduce=reduce,
                                              members=members)
-            sizes = stats["counts"]
+            sizes, kept = stats["counts"], None
         else:
             # Without a size term the batch size cannot change a label: use whole chunks.
             step = chunk_size if active.size_free else batch_size
-            new_labels, sizes, stats = _pass(
+            new_labels, sizes, stats, kept = _pass(
                 provider, centers, labels, sizes, active, d_c=d_c, batch_size=step,
                 chunk_size=chunk_size, shard=shard, reduce=reduce, members=members,
-                temperature=temperature if soft else 0.0)
+                temperature=temperature if soft else 0.0,
+                kept=kept if history and history[-1]["sigma"] <= INCREMENTAL_MOVES else None)
         size_term = active.value(sizes, d_c=d_c, n_items=n)
         lam = active.strength(d_c=d_c, n_items=n, n_classes=k)
         inertia = float(stats["d_sum"])
