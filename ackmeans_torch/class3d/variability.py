@@ -134,9 +134,7 @@ def _fixed_basis(band: "_SubBand", data: dict[str, Tensor], rotations: Tensor,
     if pose_terms:
         slices, turns = pose_derivatives(mean_projector, rotations, band.k2d, data["ctf"])
         return torch.cat([slices[None], turns])
-    values = mean_projector.sample_cells(cells)
-    return (torch.complex(values[:, 0], values[:, 1]).T.reshape(1, *data["ctf"].shape)
-            * data["ctf"])
+    return mean_projector.slices(cells, data["ctf"].shape) * data["ctf"]
 
 
 def _posterior(band: "_SubBand", data: dict[str, Tensor], fixed: Tensor, parts: Tensor,
@@ -258,9 +256,7 @@ def variability(provider: SliceMatch, n_components: int, *, iterations: int,
                 continue
             data = band.read(index)
             cells, insert, fixed = chunk_terms(c, data)
-            sampled = projector.sample_cells(cells)
-            parts = (torch.complex(sampled[:, 0], sampled[:, 1]).T.reshape(
-                n_components, *data["ctf"].shape) * data["ctf"])
+            parts = projector.slices(cells, data["ctf"].shape) * data["ctf"]
             post = _posterior(band, data, fixed, parts, sigma2)
             coordinates[index.to(device)] = post.z
             totals["noise"] += torch.tensor([post.noise, post.count], dtype=torch.float64,

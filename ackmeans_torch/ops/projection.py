@@ -232,9 +232,14 @@ class FourierProjector:
         frequencies ``k2d (*S, 2)`` (kx, ky in 1/L units, on the centred grid) of the poses
         ``rotations (B, 3, 3)``; no band limit is applied (the caller chooses ``k2d``)."""
         shape = k2d.shape[:-1]
-        values = self.sample_cells(self.cells(rotations, k2d.reshape(-1, 2)))
-        values = torch.complex(values[:, 0], values[:, 1])
-        return values.T.reshape(self.n_volumes, rotations.shape[0], *shape)
+        return self.slices(self.cells(rotations, k2d.reshape(-1, 2)),
+                           (rotations.shape[0], *shape))
+
+    def slices(self, cells: Cells, shape: tuple[int, ...]) -> torch.Tensor:
+        """``(K, *shape)`` complex64 values of every held volume at ``cells`` (:meth:`cells` of
+        prod(shape) points, pose by pose): :meth:`sample` at cells made before."""
+        values = self.sample_cells(cells)
+        return torch.complex(values[:, 0], values[:, 1]).T.reshape(self.n_volumes, *shape)
 
     def cells(self, rotations: torch.Tensor, k2d: torch.Tensor) -> Cells:
         """:func:`slice_cells` of ``k2d (n, 2)`` in ``rotations (B, 3, 3)`` on this projector's
