@@ -13,8 +13,9 @@ torch thread and with two, at our target resolution and at the band RELION's ite
 like-for-like row). Ours: a fresh process
 per row reads the STAR, makes the start maps (random halves, RELION's reference is made
 outside its iterations too), then ``fit_clusters(max_iter=--rounds)`` runs the initial
-assignment and that many ACK-means rounds (own-class correction on, as classify3d runs), each an
-E-step over all particles and a complete M-step (the K class maps, their half maps and FSC).
+assignment and that many ACK-means rounds (as classify3d runs them: scale on, own-class
+correction off), each an E-step over all particles and a complete M-step (the K class maps,
+their half maps and FSC).
 Printed: round 1 (every particle inserted afresh) and the mean of rounds 2 on (inserted
 incrementally once the previous round moved ≤ 50 % of the particles), with σ, the % of
 particles that changed class in each. The ratios are RELION's seconds per iteration over ours
@@ -53,10 +54,10 @@ REPO = Path(__file__).resolve().parents[1]
 
 
 def time_round(source, n_classes: int, resolution: float, rounds: int) -> dict:
-    """Start maps, then the initial assignment and ``rounds`` rounds of ACK-means (β 0.5, the
-    own-class correction on: the classify3d default) on ``source`` (particles with poses and
-    CTF): seconds of the start maps and of each pass, the fraction of particles that changed
-    class in each."""
+    """Start maps, then the initial assignment and ``rounds`` rounds of ACK-means (β 0.5, as
+    classify3d runs them: the per-particle scale on, the own-class correction off) on
+    ``source`` (particles with poses and CTF): seconds of the start maps and of each pass, the
+    fraction of particles that changed class in each."""
     import torch
 
     from ackmeans_torch.class3d.model import SliceMatch
@@ -66,7 +67,8 @@ def time_round(source, n_classes: int, resolution: float, rounds: int) -> dict:
     from ackmeans_torch.data.prepared import PreprocessOptions, preprocess
 
     source = preprocess(source, PreprocessOptions(phase_flip=False))
-    provider = SliceMatch(source, resolution=resolution, mask_radius=source.mask_radius)
+    provider = SliceMatch(source, resolution=resolution, mask_radius=source.mask_radius,
+                          scale=Class3DOptions().scale)
     generator = torch.Generator().manual_seed(0)
     start = time.perf_counter()
     maps = initial_maps(provider, Class3DOptions(init="simple", resolution=resolution),
@@ -74,7 +76,7 @@ def time_round(source, n_classes: int, resolution: float, rounds: int) -> dict:
     ends = [time.perf_counter()]
     fit = fit_clusters(provider, maps, rule=QuadraticPenalty(beta=0.5), max_iter=rounds,
                        sigma0=0.0, batch_size=1, chunk_size=1024, generator=generator,
-                       leave_one_out=True, on_iteration=lambda state: ends.append(
+                       leave_one_out=False, on_iteration=lambda state: ends.append(
                            time.perf_counter()))
     return {"n": provider.n_items, "k": n_classes, "start_s": ends[0] - start,
             "pass_s": np.diff(ends).tolist(), "sigma": [h["sigma"] for h in fit.history],

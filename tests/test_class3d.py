@@ -97,6 +97,30 @@ def test_distance_is_smallest_for_the_state_that_made_the_image():
     assert float((own / power).max()) < 0.02
 
 
+def test_per_particle_scale_keeps_a_lighter_state_whatever_the_contrast():
+    """Two states that differ by a small domain (present / absent), noiseless, exact poses; the
+    particles' contrast is ×1.2 (absent) and ÷1.2 (present), as per-image normalisation leaves
+    it to a few %. The plain distance then sends particles to the map of the other mass (a
+    brighter particle is nearer the heavier map, a fainter one the lighter); with ``scale`` (one
+    factor per particle for every class) every particle is nearest its own state."""
+    spec = HeteroSimulation(phantom_box=32, n_particles=200, populations=(0.5, 0.5),
+                            state_angles=(0.0, 0.0), state_absent=(False, True),
+                            domain_radius=0.08, snr=None, angle_noise_deg=0.0,
+                            shift_noise_px=0.0)
+    clean = simulate_hetero(spec, seed=3)
+    truth = torch.from_numpy(clean.states - 1)
+    contrast = torch.where(truth == 1, 1.2, 1 / 1.2).float()
+    source = ArraySource(clean.images * contrast[:, None, None], clean.particles,
+                         pixel_size=clean.voxel_size)
+    index = torch.arange(200)
+    plain = SliceMatch(source, mask_radius=15).dissimilarity(index, clean.state_maps).argmin(1)
+    scaled = SliceMatch(source, mask_radius=15, scale=True).dissimilarity(
+        index, clean.state_maps).argmin(1)
+    assert int(((truth == 1) & (plain == 0)).sum()) >= 3  # brighter absent -> heavier map
+    assert int(((truth == 0) & (plain == 1)).sum()) >= 3  # fainter present -> lighter map
+    assert (scaled == truth).all()
+
+
 @pytest.mark.parametrize("rule", [
     QuadraticPenalty(beta=0.5),
     pytest.param(NoPenalty(), marks=pytest.mark.slow),

@@ -134,7 +134,7 @@ class Class3DOptions:
     mask_diameter: float | None = None
     mask: str | None = None
     whiten: bool = False
-    scale: bool = False
+    scale: bool = True
     regularisation: float = 0.01
     padding: int = 2
     use_ctf: bool = True
@@ -359,6 +359,8 @@ def run_class3d(source: ImageSource, *, rule: SizeRule, options: ClusterOptions,
     """Classify the particles of ``source`` (with poses) into ``options.n_classes`` 3D classes
     (module docstring); a :class:`Class3DRun` on rank zero, None on other ranks.
 
+    ``options``: the loop's (the ``classify3d`` config runs it with ``leave_one_out=False``:
+    in 3D the own-class correction makes the labels swing, ``class3d/model.py``).
     ``trainer``: where to run (Lightning Fabric; statistics are summed across processes).
     ``out_dir``: where rank zero writes maps, STAR files, plots and the checkpoint (None:
     nothing is written). ``resume``: True continues the checkpoint in ``out_dir``, or a path
