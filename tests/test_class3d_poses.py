@@ -2,8 +2,9 @@
 pose derivatives predict a small turn and shift of a projection, the local refinement recovers
 most of a simulated pose error and writes poses SliceMatch reads back, the components of
 variability point along the true state difference and their coordinates separate the states,
-the pose terms keep pose errors out of the coordinates, and a classification with refined
-poses writes them without touching the input table."""
+the pose terms keep pose errors out of the coordinates, the start's grouping keeps unequal
+states whole, and a classification with refined poses writes them without touching the input
+table."""
 
 from __future__ import annotations
 
@@ -19,6 +20,7 @@ from ackmeans_torch.class3d.model import SliceMatch, low_pass_gains
 from ackmeans_torch.class3d.poses import (
     POSE_STEP, gradient_projector, pose_derivatives, refine_poses, rotation_angle, rotation_steps, with_poses,
 )
+from ackmeans_torch.class3d.run import _groups, _mixture_groups
 from ackmeans_torch.class3d.variability import high_pass_gains, variability
 from ackmeans_torch.cluster.options import ClusterOptions
 from ackmeans_torch.cluster.penalties import NoPenalty
@@ -172,6 +174,25 @@ def test_components_point_along_the_state_difference_and_separate_the_states(two
     labels = (found.coordinates[:, 0] > 0).long().numpy()
     assert matched_accuracy(labels, two_states.truth["state"].to_numpy()) >= 0.85
     assert found.change[-1] < found.change[0]
+
+
+def test_start_groups_keep_unequal_states_whole():
+    """The start's grouping of coordinates: three Gaussian groups of 7,000 / 2,000 / 1,000
+    points, the large one broad. K-means' equal Voronoi cells cut the large group (measured
+    0.75 correct); the mixture's weights and covariances keep it whole (0.95), with group sizes
+    near the true ones."""
+    generator = torch.Generator().manual_seed(0)
+    sizes = torch.tensor([7000, 2000, 1000])
+    centres = torch.tensor([[0.0, 0.0], [4.0, 0.0], [0.0, 4.0]])
+    spread = torch.tensor([1.5, 0.7, 0.7])
+    x = torch.cat([centres[k] + spread[k] * torch.randn(int(sizes[k]), 2, generator=generator)
+                   for k in range(3)])
+    truth = torch.repeat_interleave(torch.arange(3), sizes).numpy()
+    plain = matched_accuracy(_groups(x, 3, seed=0).numpy(), truth)
+    mixture = _mixture_groups(x, 3, seed=0).numpy()
+    assert plain < 0.85
+    assert matched_accuracy(mixture, truth) > 0.93
+    assert np.abs(np.sort(np.bincount(mixture)) - np.sort(sizes.numpy())).max() < 300
 
 
 def test_components_come_in_order_of_spread(two_states):
