@@ -21,7 +21,8 @@ heavier map, a fainter one the lighter (``tests/test_class3d.py``). Without the 
 from the maps of the true partition of the 30,000-particle benchmark set drained the lighter
 state round by round (6,000 → 332 particles in 8 rounds, 0.754 correct after 12 at a 0.2 %
 criterion), with stronger reconstruction regularisation faster; with it the classes held
-(0.904 after 10 rounds with the own-class correction; from the variability start 0.870). A
+(0.904 after 10 rounds with the own-class correction; from the variability start grouped by
+K-means 0.870). A
 factor per class instead fits away the mass by which the states differ (0.873 from the true
 partition's maps), and one fitted to the mean of the K slices favours the lighter map under
 soft EM (its class grew from 6,663 to 9,055 expected members in 12 rounds).

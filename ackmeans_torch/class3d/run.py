@@ -22,9 +22,8 @@ Initial maps (:class:`Class3DOptions` ``init``):
   fitted to all particles at their poses (``class3d/variability.py``, probabilistic PCA as
   cryoSPARC's 3D variability analysis), a Gaussian mixture of every particle's coordinates on
   the K − 1 leading ones (:data:`MIXTURE_ROUNDS`), and each class the reconstruction of its
-  group (:data:`OVERSAMPLING`). Fitted
-  to all N particles instead of maps of random subsets, whose differences are mostly noise when
-  the states differ in a small domain;
+  group (:data:`OVERSAMPLING`). Fitted to all N particles instead of maps of random subsets,
+  whose differences are mostly noise when the states differ in a small domain;
 * ``simple`` (cryoSPARC's default): class k starts as the reconstruction of a random subset of
   ``init_subset`` particles (default N // K, disjoint subsets);
 * ``pca`` (cryoSPARC 3D classification's PCA initialisation): ``init_maps`` reconstructions of
@@ -269,7 +268,7 @@ def _mixture_groups(coordinates: Tensor, n_classes: int, *, seed: int,
     """``(M,)`` labels of a Gaussian mixture on ``coordinates (M, q)``: a weight, mean and
     full covariance per group, EM from the K-means labels (:func:`_groups`), each particle to
     its most probable group. K-means' equal Voronoi cells cut a large state into pieces;
-    the weights let the groups be as unequal as the states (module constants: measured)."""
+    the weights let the groups be as unequal as the states (measured: :data:`MIXTURE_ROUNDS`)."""
     x = coordinates.double()
     q = torch.nn.functional.one_hot(_groups(coordinates, n_classes, seed=seed),
                                     n_classes).double()
