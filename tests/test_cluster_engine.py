@@ -14,11 +14,15 @@ from scipy.cluster.vq import kmeans2
 from ackmeans_torch.cluster.engine import (
     ConvergenceWarning,
     SquaredEuclidean,
+    _sequential,
     characteristic_dissimilarity,
     fit_clusters,
+    identity,
 )
 from ackmeans_torch.cluster.init import init_random_items
-from ackmeans_torch.cluster.penalties import EqualSize, NoPenalty, QuadraticPenalty, SpiderFactor
+from ackmeans_torch.cluster.penalties import (
+    EntropyPenalty, EqualSize, NoPenalty, QuadraticPenalty, SpiderFactor,
+)
 from ackmeans_torch.eval.metrics import adjusted_rand_index
 
 
@@ -144,6 +148,28 @@ def test_ack_prevents_swallowing_without_losing_purity():
         assert ari_ack[-1] >= ari_km[-1] - 0.005
     assert max(max_km) >= 300
     assert np.mean(ari_ack) >= np.mean(ari_km) + 0.03, (ari_km, ari_ack)
+
+
+@pytest.mark.parametrize("rule", [QuadraticPenalty(beta=3.0), EntropyPenalty(beta=3.0),
+                                  SpiderFactor()], ids=["ack", "entropy", "spider"])
+def test_item_by_item_path_equals_the_batch_path(rule):
+    """One process with batch size 1 takes the item-by-item path; a ``reduce`` that is not
+    ``identity`` (as under a distributed run) takes the general path of counted batch changes.
+    On 3,000 items with a third starting in a wrong class, some unassigned, and a strong size
+    term (many items scored after a size change), both give the same labels and sizes."""
+    g = torch.Generator().manual_seed(3)
+    d = torch.rand(3000, 4, generator=g)
+    cur = (d.argmin(1) + (torch.rand(3000, generator=g) < 0.33).long()) % 4
+    cur[torch.rand(3000, generator=g) < 0.05] = -1
+    sizes = torch.bincount(cur[cur >= 0], minlength=4)
+    args = dict(d_c=torch.tensor(0.2), n_items=3000)
+    fast = _sequential(d, cur, [1] * 3000, sizes, rule, reduce=identity, **args)
+    general = _sequential(d, cur, [1] * 3000, sizes, rule, reduce=lambda x: dict(x), **args)
+    assert torch.equal(fast[0], general[0]) and torch.equal(fast[1], general[1])
+    moved = (fast[0] != cur).float().mean()
+    assert 0.2 < moved < 0.6, moved  # the path was exercised on many moving items
+    assert torch.equal(fast[1], torch.bincount(fast[0], minlength=4) + sizes
+                       - torch.bincount(cur[cur >= 0], minlength=4))
 
 
 def test_batched_close_to_sequential():

@@ -33,8 +33,9 @@ correction is made for each particle's current class only, from the same kept pr
 
 Where the time goes (one round: every particle compared with K maps, then inserted into its
 class): per band pixel, the 8 corners of its trilinear cell on the padded grid. The poses never
-change, so each particle's cells are made once and kept (``CELL_CACHE_BYTES``), and a chunk's
-E-step and M-step share them; the statistics hold only the window of the padded grid the band
+change, so each particle's cells are made once and kept (``CELL_CACHE_BYTES``), and so are
+each chunk's points sorted by cell as the M-step inserts them (``INSERT_CACHE_BYTES``); the
+statistics hold only the window of the padded grid the band
 reaches (:func:`~ackmeans_torch.ops.projection.band_window`), so the grids and the inversions
 are that much smaller; every chunk is inserted straight into the pass's grids
 (:meth:`SliceMatch.add_statistics`), and once few particles change class a round only takes
@@ -43,7 +44,7 @@ those out of their old class and puts them into the new one (the engine's increm
 M-step, per class, from the summed statistics: the numerator Σ c·X and weight Σ c² of each half
 set (particles split once by ``rlnRandomSubset`` when the table has it, else alternately), as
 :class:`BackProjector` inserts them, on the band's window, all classes and halves of a chunk in
-one splat (:func:`~ackmeans_torch.ops.projection.splat`), so the statistics add over chunks and
+one splat (:func:`~ackmeans_torch.ops.projection.splat_corners`), so the statistics add over chunks and
 processes. Each class gives two half maps and the full map, each Σ c·X / (Σ c² + ε) with
 ε = ``regularisation`` × the class's mean weight per voxel (a constant Wiener term that keeps
 sparsely sampled voxels from dividing by almost nothing). During the loop only the band out to the target resolution is
@@ -97,8 +98,8 @@ from ackmeans_torch.io.star import origins_px
 from ackmeans_torch.ops.fourier import filter_shells, fsc, resolution_at, shell_index
 from ackmeans_torch.ops.polar import circular_mask, spherical_mask
 from ackmeans_torch.ops.projection import (
-    BackProjector, Cells, FourierProjector, band_window, invert, mirror, relion_origin_to_shift,
-    slice_cells, splat,
+    BackProjector, Cells, FourierProjector, band_window, cell_offsets, invert, mirror,
+    relion_origin_to_shift, slice_cells, splat_corners,
 )
 from ackmeans_torch.ops.rotations import euler_to_matrix
 
@@ -110,10 +111,14 @@ SOFT_EDGE = 3.0
 #: memory for every particle's spectrum and CTF at the band's pixels, kept across passes
 #: (12 B per pixel: 100,000 particles at 64 px and a 12 Å band of 4 Å pixels take 0.8 GB)
 CACHE_BYTES = 2 * 2**30
-#: memory for their trilinear cells on the padded grid and each chunk's order of them, kept
-#: across passes as the poses never change (68 B per pixel: 30,000 particles there take 1.5 GB;
-#: beyond it they are made afresh in every pass)
+#: memory for their trilinear cells on the padded grid, kept across passes as the poses never
+#: change (64 B per pixel: 30,000 particles there take 1.4 GB; beyond it they are made afresh in
+#: every pass)
 CELL_CACHE_BYTES = 3 * 2**30
+#: memory for each chunk's points in the order of their cells, as the M-step inserts them
+#: (:meth:`SliceMatch._points`: 52 B per pixel, 30,000 particles there take 1.2 GB; beyond it
+#: they are sorted and gathered afresh in every pass)
+INSERT_CACHE_BYTES = 2 * 2**30
 #: mean overlap Π (1 − f)² + f² of trilinear insertion and interpolation at the same point,
 #: f uniform in each axis (leave_one_out)
 OVERLAP = (2 / 3) ** 3
@@ -234,8 +239,10 @@ class SliceMatch(Dissimilarity):
                                             device=self.device),
                            "ctf": torch.ones((self.n_items, n_pix), device=self.device),
                            "filled": torch.zeros(self.n_items, dtype=torch.bool)}
-        self._cell_cache, self._orders = None, {}
-        if cache and self.n_items * n_pix * 68 <= CELL_CACHE_BYTES:
+        self._cell_cache = None
+        self._points_cache = ({} if cache and self.n_items * n_pix * 52 <= INSERT_CACHE_BYTES
+                              else None)
+        if cache and self.n_items * n_pix * 64 <= CELL_CACHE_BYTES:
             self._cell_cache = {
                 "columns": torch.zeros((self.n_items, n_pix, 8), dtype=torch.int32,
                                        device=self.device),
@@ -430,47 +437,51 @@ class SliceMatch(Dissimilarity):
                 data: dict[str, Tensor], weights: Tensor | None, sign: int = 1) -> None:
         """Back-project the chunk's particles into the windows ``slots (B,)`` (class·2 + half;
         −1: none) of the statistics, multiplied by ``weights (B,)`` (soft memberships; None: 1)
-        and ``sign`` (−1 takes them out again), in one splat whose points are grouped by slot
-        and, within a slot, in the order of their cells (:meth:`_cell_order`): ``index_add_``
-        then walks each window almost in order, measured 3–4 times faster than in pixel
+        and ``sign`` (−1 takes them out again), in one splat of the chunk's points in the order
+        of their cells (:meth:`_points`): ``index_add_`` then walks each window almost in order
+        (the slots' windows interleave, each in order), measured 3–4 times faster than in pixel
         order."""
-        cells = self._slice_cells(index, self.window)
-        order = self._cell_order(index, cells)
-        n_pix, volume = len(self._pixels), self.window[1] ** 3
-        slots = slots.to(self.device)
-        point_slot = slots.index_select(0, torch.div(order, n_pix, rounding_mode="floor"))
+        points = self._points(index, data)
+        particle, first, corners = points["particle"], points["first"], points["weights"]
+        value, power = points["value"], points["power"]
+        point_slot = slots.to(self.device).index_select(0, particle)
         if bool((point_slot < 0).any()):
-            order, point_slot = order[point_slot >= 0], point_slot[point_slot >= 0]
-        # a stable sort keeps the cells' order within each slot; small keys sort fastest
-        key = point_slot.to(torch.uint8 if int(slots.max()) < 256 else torch.int32)
-        grouped = torch.argsort(key, stable=True)
-        points = order.index_select(0, grouped)
-        first = (cells.columns[:, 0].index_select(0, points).long()
-                 + point_slot.index_select(0, grouped) * volume)
-        ctf = data["ctf"]
-        value = (data["x"] * (ctf * self.row_weight)).view(-1).index_select(0, points)
-        power = (ctf.square() * self.row_weight).view(-1).index_select(0, points)
+            keep = point_slot >= 0
+            particle, first, corners = particle[keep], first[keep], corners[:, keep]
+            value, power, point_slot = value[keep], power[keep], point_slot[keep]
         if weights is not None:
-            q = weights.to(self.device).float().index_select(
-                0, torch.div(points, n_pix, rounding_mode="floor"))
+            q = weights.to(self.device).float().index_select(0, particle)
             value, power = value * q, power * q
         if sign != 1:
-            value, power = value.neg_(), power.neg_()
-        splat(cells, [(stats["numerator"], value), (stats["weight"], power)], first, points)
+            value, power = -value, -power  # (not in place: the kept points are read again)
+        first = first.long() + point_slot * self.window[1] ** 3
+        splat_corners(corners, list(cell_offsets(self.window[1])),
+                      [(stats["numerator"], value), (stats["weight"], power)], first)
 
-    def _cell_order(self, index: Tensor, cells: Cells) -> Tensor:
-        """``(M,)`` int64: the chunk's points sorted by their cells' lowest corners; kept per
-        chunk with the cells (the loop's chunks, consecutive ranges, come back every pass; the
-        particles that change class, taken out of one class and put into another, do not)."""
-        key = (int(index[0]), len(index)) if len(index) else None
-        keep = self._cell_cache is not None and isinstance(_rows(index, self.device), slice)
-        kept = self._orders.get(key) if keep else None
-        if kept is not None and torch.equal(kept[0], index):
-            return kept[1].long()
+    def _points(self, index: Tensor, data: dict[str, Tensor]) -> dict[str, Tensor]:
+        """The chunk's points (particle × band pixel) sorted by their cells' lowest corners on
+        the statistics' window: those corners ``first`` (int32), the corners' ``weights (8, m)``
+        corner by corner, ``value`` c·X and ``power`` c² times the half-plane weight, and each
+        point's ``particle`` (its row in the chunk, int32). Kept for the loop's chunks
+        (consecutive ranges, the same every pass) while they fit in :data:`INSERT_CACHE_BYTES`:
+        sorting and gathering them again in every pass cost more than inserting them (measured
+        0.105 s against 0.043 s a chunk of 1,024 particles at 620 pixels); made afresh for other
+        particles (those that change class, taken out of one class and put into another)."""
+        key = (int(index[0]), len(index)) if isinstance(_rows(index, self.device), slice) else None
+        if self._points_cache is not None and key in self._points_cache:
+            return self._points_cache[key]
+        cells = self._slice_cells(index, self.window)
         order = torch.argsort(cells.columns[:, 0])
-        if keep:
-            self._orders[key] = (index.clone(), order.int())
-        return order
+        ctf = data["ctf"]
+        points = {
+            "first": cells.columns[:, 0].index_select(0, order),
+            "weights": cells.weights.index_select(0, order).T.contiguous(),
+            "value": (data["x"] * (ctf * self.row_weight)).view(-1).index_select(0, order),
+            "power": (ctf.square() * self.row_weight).view(-1).index_select(0, order),
+            "particle": torch.div(order, len(self._pixels), rounding_mode="floor").int()}
+        if self._points_cache is not None and key is not None:
+            self._points_cache[key] = points
+        return points
 
     def _add_residuals(self, stats, index, labels, centers, data, sign: int = 1) -> None:
         """Σ |X − c·P_own|² per shell of each particle against its class (the noise model),

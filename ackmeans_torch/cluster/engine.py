@@ -315,7 +315,7 @@ class _Kept:
 
 
 def _sequential(scored: Tensor, cur: Tensor, lengths: list[int], sizes: Tensor,
-                rule: SizePenalty, *, d_c: Tensor, n_items: int,
+                rule: SizePenalty, *, d_c: float | Tensor, n_items: int,
                 reduce: Reduce) -> tuple[Tensor, Tensor]:
     """Hard labels of a chunk's rows ``scored (B, K)`` (current labels ``cur (B,)``), global
     batch by global batch (this process's rows of each: ``lengths``), each scored with the sizes
@@ -327,6 +327,11 @@ def _sequential(scored: Tensor, cur: Tensor, lengths: list[int], sizes: Tensor,
     (all-reduced) sizes was scored with exactly the sizes it would have met, the sizes take that
     batch's change, and scoring resumes after it. Needs a rule whose score rows depend only on
     their own row and the sizes (every :class:`SizePenalty` here)."""
+    # a number, not a 0-dim tensor: the rule's arithmetic on it costs a few µs per operation,
+    # paid per moving item
+    d_c = float(d_c)
+    if reduce is identity and all(length == 1 for length in lengths):
+        return _item_by_item(scored, cur, sizes, rule, d_c=d_c, n_items=n_items)
     k = scored.shape[1]
     device = scored.device
     ends = torch.tensor(lengths, device=device).cumsum(0).tolist()
@@ -351,6 +356,34 @@ def _sequential(scored: Tensor, cur: Tensor, lengths: list[int], sizes: Tensor,
         new[starts[done]:stop] = new_b[:stop - starts[done]]
         sizes = sizes + delta[:accepted].sum(0)
         done += accepted
+    return new, sizes
+
+
+def _item_by_item(scored: Tensor, cur: Tensor, sizes: Tensor, rule: SizePenalty, *,
+                  d_c: float, n_items: int) -> tuple[Tensor, Tensor]:
+    """:func:`_sequential` in one process with the sizes refreshed after every item (the
+    paper's order, ``batch_size=1``): an item changes the sizes exactly when its label changes,
+    so the batches' size changes need no counting; a few small operations per moving item,
+    where the general path's take ~0.2 ms (measured 2.0 s for 30,000 items of which 30 % move,
+    the cost of a whole 3D classification round)."""
+    new = torch.empty_like(cur)
+    sizes = sizes.clone()
+    done, n = 0, len(cur)
+    while done < n:
+        last = min(n, done + LOOKAHEAD)
+        cur_b = cur[done:last]
+        new_b = rule.scores(scored[done:last], sizes, cur_b, d_c=d_c, n_items=n_items).argmin(1)
+        moved = torch.nonzero(new_b != cur_b)
+        if not len(moved):
+            new[done:last] = new_b
+            done = last
+            continue
+        j = int(moved[0, 0])
+        new[done:done + j + 1] = new_b[:j + 1]
+        sizes[new_b[j]] += 1
+        if int(cur_b[j]) >= 0:
+            sizes[cur_b[j]] -= 1
+        done += j + 1
     return new, sizes
 
 
@@ -384,6 +417,7 @@ def _pass(provider: Dissimilarity, centers: Tensor, labels: Tensor, sizes: Tenso
     counts = torch.zeros(k, dtype=torch.float64 if soft else torch.int64, device=device)
     d_sum = torch.zeros((), dtype=torch.float64, device=device)
     moves = torch.zeros((), dtype=torch.int64, device=device)
+    moved: list[tuple[Tensor, Tensor, Tensor]] = []  # (items, old, new labels) not moved yet
     incremental = (not soft and kept is not None and torch.equal(kept.labels, labels)
                    and kept.age + 1 < FULL_EVERY)
     if incremental:
@@ -391,8 +425,13 @@ def _pass(provider: Dissimilarity, centers: Tensor, labels: Tensor, sizes: Tenso
     batches_per_chunk = max(1, chunk_size // batch_size)
     for start in range(0, n, batches_per_chunk * batch_size):
         stop = min(n, start + batches_per_chunk * batch_size)
-        local = [shard(idx) for idx in torch.arange(start, stop).split(batch_size)]
-        chunk_index = torch.cat(local)
+        if shard is identity:
+            # (a tensor per item of a chunk when batch_size is 1 cost ~0.3 s a pass at 30,000)
+            chunk_index = torch.arange(start, stop)
+            lengths = [min(batch_size, stop - at) for at in range(start, stop, batch_size)]
+        else:
+            local = [shard(idx) for idx in torch.arange(start, stop).split(batch_size)]
+            chunk_index, lengths = torch.cat(local), [len(idx) for idx in local]
         d = provider.dissimilarity(chunk_index, centers) if len(chunk_index) else \
             centers.new_zeros((0, k))
         _check_finite(d, start)
@@ -402,8 +441,7 @@ def _pass(provider: Dissimilarity, centers: Tensor, labels: Tensor, sizes: Tenso
             chunk_new = torch.empty_like(cur)
             chunk_q = d.new_zeros(d.shape)
             offset = 0
-            for idx in local:
-                b = len(idx)
+            for b in lengths:
                 d_b, cur_b = scored[offset:offset + b], cur[offset:offset + b]
                 scores = rule.scores(d_b, sizes, cur_b, d_c=d_c, n_items=n)
                 # Old labels count in bins k..2k−1; an unassigned item (−1, first pass) goes to
@@ -416,7 +454,7 @@ def _pass(provider: Dissimilarity, centers: Tensor, labels: Tensor, sizes: Tenso
                 sizes = sizes + reduce({"sizes": q_b.sum(0).to(torch.float64) - old})["sizes"]
                 offset += b
         else:
-            chunk_new, sizes = _sequential(scored, cur, [len(idx) for idx in local], sizes, rule,
+            chunk_new, sizes = _sequential(scored, cur, lengths, sizes, rule,
                                            d_c=d_c, n_items=n, reduce=reduce)
         dev_index = chunk_index.to(device)
         new_labels[dev_index] = chunk_new + 1
@@ -429,16 +467,18 @@ def _pass(provider: Dissimilarity, centers: Tensor, labels: Tensor, sizes: Tenso
             if incremental:
                 changed = chunk_new != cur
                 if bool(changed.any()):
-                    moved = chunk_index[changed.to(chunk_index.device)]
-                    statistics = provider.add_statistics(statistics, moved, cur[changed],
-                                                         centers, sign=-1)
-                    statistics = provider.add_statistics(statistics, moved, chunk_new[changed],
-                                                         centers)
+                    moved.append((chunk_index[changed.to(chunk_index.device)], cur[changed],
+                                  chunk_new[changed]))
+                    if sum(len(m[0]) for m in moved) >= chunk_size or stop == n:
+                        statistics = _move(provider, statistics, moved, centers)
+                        moved = []
             else:
                 statistics = provider.add_statistics(statistics, chunk_index, chunk_new, centers)
             counts += torch.bincount(chunk_new, minlength=k)
             d_sum += d.gather(1, chunk_new[:, None]).sum().to(torch.float64)
         moves += (chunk_new != cur).sum()
+    if moved:
+        statistics = _move(provider, statistics, moved, centers)
     extra = {"q_max": q_max} if soft else {}
     stats = reduce({**statistics, "labels": new_labels, "counts": counts, "d_sum": d_sum,
                     "moves": moves, **extra})
@@ -446,6 +486,17 @@ def _pass(provider: Dissimilarity, centers: Tensor, labels: Tensor, sizes: Tenso
     if soft or not provider.incremental:
         return labels, sizes, stats, None
     return labels, sizes, stats, _Kept(statistics, labels, kept.age + 1 if incremental else 0)
+
+
+def _move(provider: Dissimilarity, statistics: dict[str, Tensor],
+          moved: list[tuple[Tensor, Tensor, Tensor]], centers: Tensor) -> dict[str, Tensor]:
+    """``statistics`` with the ``moved`` items (from several chunks: a few items of each, taken
+    out and put in together, sit closer in the statistics than those of one chunk; measured
+    0.39 s against ~0.2 s a pass of 3D classification at 3 % moving) taken out of their old
+    class and put into their new one."""
+    items, old, new = (torch.cat(part) for part in zip(*moved))
+    statistics = provider.add_statistics(statistics, items, old, centers, sign=-1)
+    return provider.add_statistics(statistics, items, new, centers)
 
 
 def _global_pass(provider: Dissimilarity, centers: Tensor, labels: Tensor, rule: GlobalSizeRule,

@@ -66,9 +66,10 @@ def sizes_without_self(sizes: Tensor, current: Tensor) -> Tensor:
 
     Items with ``current == -1`` belong to no class, so their s′ is ``sizes`` unchanged.
     """
-    s_prime = sizes.to(torch.float64).repeat(current.shape[0], 1)
-    own = (current >= 0).to(torch.float64)
-    return s_prime.scatter_add_(1, current.clamp_min(0)[:, None], -own[:, None])
+    # (current == j) is false in every column for −1: no special case, few small operations
+    # (the engine scores every item that changes class on its own)
+    own = current[:, None] == torch.arange(sizes.shape[0], device=current.device)
+    return sizes.to(torch.float64) - own.to(torch.float64)
 
 
 class SizeRule(nn.Module, ABC):

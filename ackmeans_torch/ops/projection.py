@@ -153,7 +153,15 @@ def splat(cells: Cells, grids: list[tuple[torch.Tensor, torch.Tensor]],
         first = columns[:, 0].long()
     # the corners' steps from the lowest one, the same in every row
     steps = (cells.columns[0] - cells.columns[0, 0]).tolist()
-    weights = weights.T.contiguous()
+    splat_corners(weights.T.contiguous(), steps, grids, first)
+
+
+def splat_corners(weights: torch.Tensor, steps: list[int],
+                  grids: list[tuple[torch.Tensor, torch.Tensor]], first: torch.Tensor) -> None:
+    """:func:`splat` of points given by their lowest corners ``first (m,)`` int64 and their
+    corners' weights ``weights (8, m)`` (contiguous, corner by corner), the corners ``steps``
+    (:func:`cell_offsets`) from the lowest one: for a caller that keeps its points in that form
+    (a gather and transposition of the (m, 8) weights costs as much as the insertion)."""
     for target, values in grids:
         flat, spread = target.view(-1), torch.empty_like(values)
         # real views, so a complex value times a real weight is two real products
