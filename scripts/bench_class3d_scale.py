@@ -50,10 +50,13 @@ from pathlib import Path  # noqa: E402
 
 import numpy as np  # noqa: E402
 
+from ackmeans_torch.class3d.model import CACHE_BYTES  # noqa: E402
+
 REPO = Path(__file__).resolve().parents[1]
 
 
-def time_round(source, n_classes: int, resolution: float, rounds: int) -> dict:
+def time_round(source, n_classes: int, resolution: float, rounds: int,
+               cache_gb: float) -> dict:
     """Start maps, then the initial assignment and ``rounds`` rounds of ACK-means (β 0.5, as
     classify3d runs them: the per-particle scale on, the own-class correction off) on
     ``source`` (particles with poses and CTF): seconds of the start maps and of each pass, the
@@ -68,7 +71,7 @@ def time_round(source, n_classes: int, resolution: float, rounds: int) -> dict:
 
     source = preprocess(source, PreprocessOptions(phase_flip=False))
     provider = SliceMatch(source, resolution=resolution, mask_radius=source.mask_radius,
-                          scale=Class3DOptions().scale)
+                          scale=Class3DOptions().scale, cache_bytes=int(cache_gb * 2**30))
     generator = torch.Generator().manual_seed(0)
     start = time.perf_counter()
     maps = initial_maps(provider, Class3DOptions(init="simple", resolution=resolution),
@@ -98,7 +101,8 @@ def child(args) -> dict:
     if args.child_star:
         from ackmeans_torch.data.stack import open_source
 
-        return time_round(open_source(args.child_star), args.k, args.resolution, args.rounds)
+        return time_round(open_source(args.child_star), args.k, args.resolution, args.rounds,
+                          args.cache_gb)
     import warnings
 
     from ackmeans_torch.data.source import ArraySource
@@ -109,13 +113,14 @@ def child(args) -> dict:
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # one round never converges: that is the point
         return time_round(ArraySource(data.images, data.particles, pixel_size=data.voxel_size),
-                          k, args.resolution, args.rounds)
+                          k, args.resolution, args.rounds, args.cache_gb)
 
 
-def run_child(extra: list[str], *, threads: int, resolution: float, rounds: int) -> dict:
+def run_child(extra: list[str], *, threads: int, resolution: float, rounds: int,
+              cache_gb: float) -> dict:
     env = dict(os.environ, OMP_NUM_THREADS=str(threads), PYTHONWARNINGS="ignore")
     out = subprocess.run([sys.executable, __file__, *extra, "--resolution", str(resolution),
-                          "--rounds", str(rounds)],
+                          "--rounds", str(rounds), "--cache-gb", str(cache_gb)],
                          capture_output=True, text=True, check=True, env=env)
     return json.loads(out.stdout.strip().splitlines()[-1])
 
@@ -171,7 +176,8 @@ def side_by_side(n: int, args) -> list[str]:
     for threads in args.side_threads:
         for resolution in (args.resolution, same):
             r = run_child(["--child-star", str(set_dir / "particles.star"), "--k", "3"],
-                          threads=threads, resolution=resolution, rounds=args.rounds)
+                          threads=threads, resolution=resolution, rounds=args.rounds,
+                          cache_gb=args.cache_gb)
             first, later, sigmas = rounds_cell(r)
             lines.append(f"| {n:,} | 3 | ours, band {resolution:.1f} Å, {threads} torch "
                          f"thread{'s' * (threads > 1)} | {first:.2f} (round 1); {later:.2f} "
@@ -199,6 +205,8 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=4,
                         help="rounds after the initial pass (round 1 inserts every particle; "
                              "later ones, once few change class, only those that do)")
+    parser.add_argument("--cache-gb", type=float, default=CACHE_BYTES / 2**30,
+                        help="GiB our rows keep between rounds (class3d.cache_gb)")
     parser.add_argument("--out", type=Path, default=REPO / "runs" / "bench_class3d_scale")
     parser.add_argument("--child", help=argparse.SUPPRESS)
     parser.add_argument("--child-star", help=argparse.SUPPRESS)
@@ -216,15 +224,16 @@ def main() -> None:
             side_by_side(n, args)
     if args.rows:
         print("\n| N | K | s round 1 | s later rounds (σ %) | s per 1k particles (round 1; "
-              "later) | start maps (s) | peak RSS (MB) | torch threads | load |"
-              "\n|---|---|---|---|---|---|---|---|---|")
+              "later) | start maps (s) | peak RSS (MB) | kept (GiB) | torch threads | load |"
+              "\n|---|---|---|---|---|---|---|---|---|---|")
         for row in args.rows:
             r = run_child(["--child", row], threads=args.threads, resolution=args.resolution,
-                          rounds=args.rounds)
+                          rounds=args.rounds, cache_gb=args.cache_gb)
             first, later, sigmas = rounds_cell(r)
             print(f"| {r['n']:,} | {r['k']} | {first:.2f} | {later:.2f} ({sigmas}) | "
                   f"{1000 * first / r['n']:.3f}; {1000 * later / r['n']:.3f} | "
-                  f"{r['start_s']:.1f} | {r['peak_mb']:,.0f} | {r['threads']} | "
+                  f"{r['start_s']:.1f} | {r['peak_mb']:,.0f} | {args.cache_gb:g} | "
+                  f"{r['threads']} | "
                   f"{os.getloadavg()[0]:.1f} |", flush=True)
 
 

@@ -33,10 +33,10 @@ def three_states():
 
 
 def _classify(source, *, rounds: int, shard=engine.identity, reduce=engine.identity,
-              chunk_size: int = 64, batch_size: int = 1):
+              chunk_size: int = 64, batch_size: int = 1, **provider_options):
     """Start maps and ``rounds`` ACK-means rounds with the own-class correction; the result
     and the number of particles taken out of a class by an incremental M-step."""
-    provider = SliceMatch(source, resolution=12.0, mask_radius=10)
+    provider = SliceMatch(source, resolution=12.0, mask_radius=10, **provider_options)
     removed = []
     add = provider.add_statistics
 
@@ -55,6 +55,23 @@ def _classify(source, *, rounds: int, shard=engine.identity, reduce=engine.ident
                            generator=generator, chunk_size=chunk_size, batch_size=batch_size,
                            shard=shard, reduce=reduce, leave_one_out=True)
     return fit, sum(removed)
+
+
+@pytest.mark.parametrize("kept_parts", [0, 76], ids=["none", "spectra and cells"])
+def test_what_is_kept_between_rounds_changes_no_result(three_states, kept_parts):
+    """With nothing kept between rounds (spectra, cells and the M-step's sorted points made
+    afresh every pass), or the spectra (12 B a pixel) and cells (64 B) but not the sorted
+    points, 3 rounds give the labels and maps of the default, which keeps all three."""
+    kept, _ = _classify(three_states, rounds=3)
+    provider = SliceMatch(three_states, resolution=12.0, mask_radius=10)
+    assert provider._points_cache is not None and provider._cell_cache is not None
+    budget = len(three_states) * len(provider._pixels) * kept_parts
+    smaller = SliceMatch(three_states, resolution=12.0, mask_radius=10, cache_bytes=budget)
+    assert smaller._points_cache is None
+    assert (smaller._cell_cache is None) == (kept_parts == 0)
+    fresh, _ = _classify(three_states, rounds=3, cache_bytes=budget)
+    assert torch.equal(fresh.labels, kept.labels)
+    torch.testing.assert_close(fresh.centers, kept.centers, rtol=0, atol=0)
 
 
 def test_incremental_m_step_gives_the_maps_of_the_full_insertion(three_states, monkeypatch):

@@ -33,8 +33,8 @@ correction is made for each particle's current class only, from the same kept pr
 
 Where the time goes (one round: every particle compared with K maps, then inserted into its
 class): per band pixel, the 8 corners of its trilinear cell on the padded grid. The poses never
-change, so each particle's cells are made once and kept (``CELL_CACHE_BYTES``), and so are
-each chunk's points sorted by cell as the M-step inserts them (``INSERT_CACHE_BYTES``); the
+change, so each particle's cells are made once and kept, and so are each chunk's points sorted
+by cell as the M-step inserts them, while they fit in ``cache_bytes`` (``CACHE_BYTES``); the
 statistics hold only the window of the padded grid the band
 reaches (:func:`~ackmeans_torch.ops.projection.band_window`), so the grids and the inversions
 are that much smaller; every chunk is inserted straight into the pass's grids
@@ -108,17 +108,12 @@ __all__ = ["SliceMatch", "POSE_COLUMNS", "low_pass_gains"]
 POSE_COLUMNS = ("rlnAngleRot", "rlnAngleTilt", "rlnAnglePsi")
 #: width (px) of the raised-cosine edge of the particle and sphere masks and of the low-pass
 SOFT_EDGE = 3.0
-#: memory for every particle's spectrum and CTF at the band's pixels, kept across passes
-#: (12 B per pixel: 100,000 particles at 64 px and a 12 Å band of 4 Å pixels take 0.8 GB)
-CACHE_BYTES = 2 * 2**30
-#: memory for their trilinear cells on the padded grid, kept across passes as the poses never
-#: change (64 B per pixel: 30,000 particles there take 1.4 GB; beyond it they are made afresh in
-#: every pass)
-CELL_CACHE_BYTES = 3 * 2**30
-#: memory for each chunk's points in the order of their cells, as the M-step inserts them
-#: (:meth:`SliceMatch._points`: 52 B per pixel, 30,000 particles there take 1.2 GB; beyond it
-#: they are sorted and gathered afresh in every pass)
-INSERT_CACHE_BYTES = 2 * 2**30
+#: memory for what is kept across passes, in this order while the sum fits (each part else made
+#: afresh in every pass): every particle's spectrum and CTF at the band's pixels (12 B a pixel),
+#: their trilinear cells on the padded grid, as the poses never change (64 B a pixel), and each
+#: chunk's points sorted by cell as the M-step inserts them (:meth:`SliceMatch._points`, 52 B a
+#: pixel): 30,000 particles at 64 px and a 12 Å band of 5.08 Å pixels (1,184 pixels) take 4.5 GB
+CACHE_BYTES = 7 * 2**30
 #: mean overlap Π (1 − f)² + f² of trilinear insertion and interpolation at the same point,
 #: f uniform in each axis (leave_one_out)
 OVERLAP = (2 / 3) ** 3
@@ -151,18 +146,22 @@ class SliceMatch(Dissimilarity):
     values in [0, 1] the maps are multiplied by (None: a soft sphere of ``mask_radius``).
     ``whiten``, ``scale``, ``regularisation``: module docstring. ``padding``: of the projector
     and back-projector (RELION's 2). ``use_ctf``: weight by the CTF when the table has one.
+    ``cache_bytes``: memory for what is kept across passes (:data:`CACHE_BYTES`).
     """
 
     def __init__(self, source: ImageSource, *, resolution: float | None = None,
                  mask_radius: float | None = None, reference_mask: Tensor | None = None,
                  whiten: bool = False, scale: bool = False, regularisation: float = 0.01,
-                 padding: int = 2, use_ctf: bool = True) -> None:
+                 padding: int = 2, use_ctf: bool = True,
+                 cache_bytes: int = CACHE_BYTES) -> None:
         particles = source.particles.reset_index(drop=True)
         missing = [c for c in POSE_COLUMNS if c not in particles]
         if missing:
             raise InputError(f"the particle table has no {', '.join(missing)}: 3D classification "
                              "needs the poses of a refinement (rlnAngleRot/Tilt/Psi)")
         check_number("regularisation", regularisation, 0.0)
+        check_number("cache_bytes", cache_bytes, 0.0)
+        self.cache_bytes = cache_bytes
         self.source = source
         self.n_items = len(source)
         self.box_size = size = source.box_size
@@ -214,9 +213,9 @@ class SliceMatch(Dissimilarity):
 
     # -- particles --------------------------------------------------------------------------
     def _use(self, back: BackProjector, *, cache: bool) -> None:
-        """Compare and insert at ``back``'s pixels; keep every particle's values across passes
-        when ``cache`` and they fit in :data:`CACHE_BYTES`, and their cells when they fit in
-        :data:`CELL_CACHE_BYTES`."""
+        """Compare and insert at ``back``'s pixels; with ``cache``, keep every particle's
+        values, then their cells, then each chunk's sorted points across passes while the sum
+        fits in ``cache_bytes`` (:data:`CACHE_BYTES`)."""
         self._back = back
         self._projector = None  # its kept slices are at the old pixels
         self._cells: tuple[Tensor, tuple[int, int], Cells] | None = None
@@ -233,21 +232,26 @@ class SliceMatch(Dissimilarity):
         self._padded_shells = (radius / self.padding).round().long().flatten()
         self.pixel_shell = shell_index(self.box_size, 2, device=self.device).flatten()[back.pixels]
         n_pix = len(back.pixels)
+        per_pixel = {"values": 12, "cells": 64, "points": 52}
+        kept, used = set(), 0
+        for part, size in per_pixel.items():
+            if cache and used + self.n_items * n_pix * size <= self.cache_bytes:
+                kept.add(part)
+                used += self.n_items * n_pix * size
         self._cache = None
-        if cache and self.n_items * n_pix * 12 <= CACHE_BYTES:
+        if "values" in kept:
             self._cache = {"x": torch.zeros((self.n_items, n_pix), dtype=torch.complex64,
                                             device=self.device),
                            "ctf": torch.ones((self.n_items, n_pix), device=self.device),
                            "filled": torch.zeros(self.n_items, dtype=torch.bool)}
         self._cell_cache = None
-        self._points_cache = ({} if cache and self.n_items * n_pix * 52 <= INSERT_CACHE_BYTES
-                              else None)
-        if cache and self.n_items * n_pix * 64 <= CELL_CACHE_BYTES:
+        if "cells" in kept:
             self._cell_cache = {
                 "columns": torch.zeros((self.n_items, n_pix, 8), dtype=torch.int32,
                                        device=self.device),
                 "weights": torch.zeros((self.n_items, n_pix, 8), device=self.device),
                 "filled": torch.zeros(self.n_items, dtype=torch.bool)}
+        self._points_cache = {} if "points" in kept else None
 
     def _compute(self, index: Tensor) -> dict[str, Tensor]:
         """The particles' masked spectra at the pixels, moved back by their origins, and their
@@ -281,7 +285,7 @@ class SliceMatch(Dissimilarity):
     def _slice_cells(self, index: Tensor, window: tuple[int, int]) -> Cells:
         """The trilinear cells of the particles' band pixels on ``window``: the last chunk's are
         kept (its E-step and M-step sample and splat at the same points), and every particle's
-        on the statistics' window where they fit in :data:`CELL_CACHE_BYTES` (the poses never
+        on the statistics' window where they fit in ``cache_bytes`` (the poses never
         change, so neither do the cells: ``rotations`` must not change after the first pass)."""
         kept = self._cells
         if kept is not None and kept[1] == window and torch.equal(kept[0], index):
@@ -463,7 +467,7 @@ class SliceMatch(Dissimilarity):
         the statistics' window: those corners ``first`` (int32), the corners' ``weights (8, m)``
         corner by corner, ``value`` c·X and ``power`` c² times the half-plane weight, and each
         point's ``particle`` (its row in the chunk, int32). Kept for the loop's chunks
-        (consecutive ranges, the same every pass) while they fit in :data:`INSERT_CACHE_BYTES`:
+        (consecutive ranges, the same every pass) while they fit in ``cache_bytes``:
         sorting and gathering them again in every pass cost more than inserting them (measured
         0.105 s against 0.043 s a chunk of 1,024 particles at 620 pixels); made afresh for other
         particles (those that change class, taken out of one class and put into another)."""

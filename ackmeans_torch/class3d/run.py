@@ -62,7 +62,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from ackmeans_torch.class3d.model import SliceMatch, low_pass_gains
+from ackmeans_torch.class3d.model import CACHE_BYTES, SliceMatch, low_pass_gains
 from ackmeans_torch.class3d.poses import refine_poses, rotation_angle, with_poses
 from ackmeans_torch.class3d.variability import variability
 from ackmeans_torch.classify.checkpoint import (
@@ -126,7 +126,9 @@ class Class3DOptions:
     references instead of the sphere. ``whiten``: per-shell noise weighting from the data;
     ``scale``: a per-particle scale factor; ``regularisation``: the reconstruction's constant
     Wiener term relative to the mean weight (``class3d/model.py``); ``padding``: of the Fourier
-    grids; ``use_ctf``: weight by the CTF when the table has one.
+    grids; ``use_ctf``: weight by the CTF when the table has one. ``cache_gb``: memory (GiB) for
+    what the loop keeps between rounds (``class3d/model.py``, ``CACHE_BYTES``); each part that
+    does not fit is made afresh every round.
     """
 
     init: str = "variability"
@@ -144,6 +146,7 @@ class Class3DOptions:
     regularisation: float = 0.01
     padding: int = 2
     use_ctf: bool = True
+    cache_gb: float = CACHE_BYTES / 2**30
 
     def __post_init__(self) -> None:
         if self.init not in INIT_METHODS:
@@ -165,6 +168,7 @@ class Class3DOptions:
                 check_number(f"class3d.{name}", getattr(self, name), 1e-6)
         check_number("class3d.regularisation", self.regularisation, 0.0)
         check_int("class3d.padding", self.padding, 1)
+        check_number("class3d.cache_gb", self.cache_gb, 0.0)
         for name in ("whiten", "scale", "use_ctf"):
             if not isinstance(getattr(self, name), bool):
                 raise InputError(f"class3d.{name}={getattr(self, name)!r} must be true or false")
@@ -362,7 +366,9 @@ def _fingerprint(source: ImageSource, *, rule: SizeRule, options: ClusterOptions
                  class3d: Class3DOptions) -> str:
     cluster = {k: v for k, v in dataclasses.asdict(options).items()
                if k not in ("max_iter", "chunk_size", "init")}
-    return config_hash({"cluster": cluster, "class3d": dataclasses.asdict(class3d),
+    # (the memory kept between rounds changes the time, not the result)
+    settings = {k: v for k, v in dataclasses.asdict(class3d).items() if k != "cache_gb"}
+    return config_hash({"cluster": cluster, "class3d": settings,
                         "rule": plugin_settings(rule), "source": source_signature(source)})
 
 
@@ -425,7 +431,7 @@ def run_class3d(source: ImageSource, *, rule: SizeRule, options: ClusterOptions,
                           mask_radius=images.mask_radius, reference_mask=mask,
                           whiten=class3d.whiten, scale=class3d.scale,
                           regularisation=class3d.regularisation, padding=class3d.padding,
-                          use_ctf=class3d.use_ctf)
+                          use_ctf=class3d.use_ctf, cache_bytes=int(class3d.cache_gb * 2**30))
 
     provider = slice_match(images)
     digest = _fingerprint(source, rule=rule, options=options, class3d=class3d)

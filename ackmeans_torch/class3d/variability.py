@@ -68,7 +68,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from ackmeans_torch.class3d.model import CELL_CACHE_BYTES, SliceMatch, low_pass_gains
+from ackmeans_torch.class3d.model import SliceMatch, low_pass_gains
 from ackmeans_torch.class3d.poses import (
     consensus_map, gradient_projector, normal_equations, pose_derivatives,
 )
@@ -222,12 +222,12 @@ def variability(provider: SliceMatch, n_components: int, *, iterations: int,
     n_fixed = 6 if pose_terms else 1
     per_pixel = 8 * 8 * (1 + (stats_window != window)) + 8 * n_fixed
     kept: dict[int, tuple[Cells, Cells, Tensor]] | None = (
-        {} if n * len(band.k2d) * per_pixel <= CELL_CACHE_BYTES else None)
+        {} if n * len(band.k2d) * per_pixel <= provider.cache_bytes else None)
 
     def chunk_terms(c: int, data: dict[str, Tensor]) -> tuple[Cells, Cells, Tensor]:
         """The chunk's cells on the projectors' and the statistics' windows and its fixed terms:
-        the poses and the mean never change, so they are made once where they fit in
-        CELL_CACHE_BYTES (else in every round)."""
+        the poses and the mean never change, so they are made once where they fit in the
+        provider's ``cache_bytes`` (else in every round)."""
         if kept is not None and c in kept:
             return kept[c]
         rotations = band.rotations[chunks[c].to(device)]
