@@ -44,8 +44,8 @@ those out of their old class and puts them into the new one (the engine's increm
 M-step, per class, from the summed statistics: the numerator Σ c·X and weight Σ c² of each half
 set (particles split once by ``rlnRandomSubset`` when the table has it, else alternately), as
 :class:`BackProjector` inserts them, on the band's window, all classes and halves of a chunk in
-one splat (:func:`~ackmeans_torch.ops.projection.splat_corners`), so the statistics add over chunks and
-processes. Each class gives two half maps and the full map, each Σ c·X / (Σ c² + ε) with
+one splat (:func:`~ackmeans_torch.ops.projection.splat_corners`), so the statistics add over
+chunks and processes. Each class gives two half maps and the full map, each Σ c·X / (Σ c² + ε) with
 ε = ``regularisation`` × the class's mean weight per voxel (a constant Wiener term that keeps
 sparsely sampled voxels from dividing by almost nothing). During the loop only the band out to the target resolution is
 back-projected (the references are low-passed there anyway; the cost grows with the band's

@@ -469,7 +469,7 @@ def _pass(provider: Dissimilarity, centers: Tensor, labels: Tensor, sizes: Tenso
                 if bool(changed.any()):
                     moved.append((chunk_index[changed.to(chunk_index.device)], cur[changed],
                                   chunk_new[changed]))
-                    if sum(len(m[0]) for m in moved) >= chunk_size or stop == n:
+                    if sum(len(m[0]) for m in moved) >= chunk_size:
                         statistics = _move(provider, statistics, moved, centers)
                         moved = []
             else:
@@ -490,10 +490,10 @@ def _pass(provider: Dissimilarity, centers: Tensor, labels: Tensor, sizes: Tenso
 
 def _move(provider: Dissimilarity, statistics: dict[str, Tensor],
           moved: list[tuple[Tensor, Tensor, Tensor]], centers: Tensor) -> dict[str, Tensor]:
-    """``statistics`` with the ``moved`` items (from several chunks: a few items of each, taken
-    out and put in together, sit closer in the statistics than those of one chunk; measured
-    0.39 s against ~0.2 s a pass of 3D classification at 3 % moving) taken out of their old
-    class and put into their new one."""
+    """``statistics`` with the ``moved`` items taken out of their old class and put into their
+    new one. They come from several chunks (up to a chunk's worth of items): a few items of each
+    chunk, inserted together, sit closer in the statistics than those of one chunk (3D
+    classification at 3 % moving: 0.18 s of insertions a pass, 0.39 s chunk by chunk)."""
     items, old, new = (torch.cat(part) for part in zip(*moved))
     statistics = provider.add_statistics(statistics, items, old, centers, sign=-1)
     return provider.add_statistics(statistics, items, new, centers)
