@@ -75,7 +75,7 @@ from ackmeans_torch.class3d.poses import (
 from ackmeans_torch.cluster.engine import Reduce, Shard
 from ackmeans_torch.ops.fourier import filter_shells
 from ackmeans_torch.ops.projection import (
-    BackProjector, Cells, FourierProjector, band_window, slice_cells, splat,
+    BackProjector, Cells, FourierProjector, band_window, cell_offsets, slice_cells, splat_corners,
 )
 
 __all__ = ["Variability", "variability"]
@@ -220,14 +220,19 @@ def variability(provider: SliceMatch, n_components: int, *, iterations: int,
     chunks = [shard(torch.arange(first, min(first + chunk_size, n)))
               for first in range(0, n, chunk_size)]
     n_fixed = 6 if pose_terms else 1
-    per_pixel = 8 * 8 * (1 + (stats_window != window)) + 8 * n_fixed
-    kept: dict[int, tuple[Cells, Cells, Tensor]] | None = (
+    # cells (64 B a pixel) on one or two windows, the sorted insertion (48 B), the fixed terms
+    per_pixel = 8 * 8 * (1 + (stats_window != window)) + 48 + 8 * n_fixed
+    kept: dict[int, tuple[Cells, tuple[Tensor, Tensor, Tensor], Tensor]] | None = (
         {} if n * len(band.k2d) * per_pixel <= provider.cache_bytes else None)
+    steps = list(cell_offsets(stats_window[1]))
 
-    def chunk_terms(c: int, data: dict[str, Tensor]) -> tuple[Cells, Cells, Tensor]:
-        """The chunk's cells on the projectors' and the statistics' windows and its fixed terms:
-        the poses and the mean never change, so they are made once where they fit in the
-        provider's ``cache_bytes`` (else in every round)."""
+    def chunk_terms(c: int, data: dict[str, Tensor]
+                    ) -> tuple[Cells, tuple[Tensor, Tensor, Tensor], Tensor]:
+        """The chunk's cells on the projectors' window, its points on the statistics' window
+        sorted by cell (the order, their cells' lowest corners and the corners' weights (8, m):
+        :func:`splat_corners` then walks the grids almost in order, as the loop's M-step does)
+        and its fixed terms: the poses and the mean never change, so they are made once where
+        they fit in the provider's ``cache_bytes`` (else in every round)."""
         if kept is not None and c in kept:
             return kept[c]
         rotations = band.rotations[chunks[c].to(device)]
@@ -235,8 +240,11 @@ def variability(provider: SliceMatch, n_components: int, *, iterations: int,
         insert = cells if stats_window == window else slice_cells(
             band.k2d, rotations, padding=provider.padding, padded_size=back.padded_size,
             start=stats_window[0], side=stats_window[1])
-        terms = (cells, insert, _fixed_basis(band, data, rotations, mean_projector, cells,
-                                             pose_terms))
+        order = torch.argsort(insert.columns[:, 0])
+        sorted_points = (order, insert.columns[:, 0].index_select(0, order).long(),
+                         insert.weights.index_select(0, order).T.contiguous())
+        terms = (cells, sorted_points, _fixed_basis(band, data, rotations, mean_projector, cells,
+                                                    pose_terms))
         if kept is not None:
             kept[c] = terms
         return terms
@@ -255,7 +263,7 @@ def variability(provider: SliceMatch, n_components: int, *, iterations: int,
             if not len(index):
                 continue
             data = band.read(index)
-            cells, insert, fixed = chunk_terms(c, data)
+            cells, (order, first, corners), fixed = chunk_terms(c, data)
             parts = projector.slices(cells, data["ctf"].shape) * data["ctf"]
             post = _posterior(band, data, fixed, parts, sigma2)
             coordinates[index.to(device)] = post.z
@@ -266,15 +274,16 @@ def variability(provider: SliceMatch, n_components: int, *, iterations: int,
             ctf = data["ctf"]
             inserted = ctf * weight_row
             power = ctf.square() * weight_row
+            grids = []
             for j in range(n_components):
                 # Σ c·(E[z_j]·r − Σ_{l≠j} E[z_j z_l]·A_l) and Σ E[z_j²]·c²
                 others = post.zz[:, j].clone()
                 others[:, j] = 0
                 values = (post.z[:, j, None] * post.residual
                           - torch.einsum("bl,lbn->bn", others.to(post.parts.dtype), post.parts))
-                splat(insert, [(totals["numerator"][j], (values * inserted).reshape(-1)),
-                               (totals["weight"][j],
-                                (power * post.zz[:, j, j, None]).reshape(-1))])
+                grids += [(totals["numerator"][j], (values * inserted).view(-1)[order]),
+                          (totals["weight"][j], (power * post.zz[:, j, j, None]).view(-1)[order])]
+            splat_corners(corners, steps, grids, first)
         totals = reduce(totals)
         sigma2 = float(totals["noise"][0] / totals["noise"][1])
         if last:
