@@ -75,7 +75,8 @@ from ackmeans_torch.class3d.poses import (
 from ackmeans_torch.cluster.engine import Reduce, Shard
 from ackmeans_torch.ops.fourier import filter_shells
 from ackmeans_torch.ops.projection import (
-    BackProjector, Cells, FourierProjector, band_window, cell_offsets, slice_cells, splat_corners,
+    BackProjector, Cells, FourierProjector, band_window, cell_offsets, slice_cells, sort_cells,
+    splat_corners,
 )
 
 __all__ = ["Variability", "variability"]
@@ -220,8 +221,8 @@ def variability(provider: SliceMatch, n_components: int, *, iterations: int,
     chunks = [shard(torch.arange(first, min(first + chunk_size, n)))
               for first in range(0, n, chunk_size)]
     n_fixed = 6 if pose_terms else 1
-    # cells (64 B a pixel) on one or two windows, the sorted insertion (48 B), the fixed terms
-    per_pixel = 8 * 8 * (1 + (stats_window != window)) + 48 + 8 * n_fixed
+    # the projectors' cells (64 B a pixel), the sorted insertion (48 B), the fixed terms
+    per_pixel = 64 + 48 + 8 * n_fixed
     kept: dict[int, tuple[Cells, tuple[Tensor, Tensor, Tensor], Tensor]] | None = (
         {} if n * len(band.k2d) * per_pixel <= provider.cache_bytes else None)
     steps = list(cell_offsets(stats_window[1]))
@@ -240,11 +241,9 @@ def variability(provider: SliceMatch, n_components: int, *, iterations: int,
         insert = cells if stats_window == window else slice_cells(
             band.k2d, rotations, padding=provider.padding, padded_size=back.padded_size,
             start=stats_window[0], side=stats_window[1])
-        order = torch.argsort(insert.columns[:, 0])
-        sorted_points = (order, insert.columns[:, 0].index_select(0, order).long(),
-                         insert.weights.index_select(0, order).T.contiguous())
-        terms = (cells, sorted_points, _fixed_basis(band, data, rotations, mean_projector, cells,
-                                                    pose_terms))
+        order, first, corners = sort_cells(insert)
+        fixed = _fixed_basis(band, data, rotations, mean_projector, cells, pose_terms)
+        terms = (cells, (order, first.long(), corners), fixed)
         if kept is not None:
             kept[c] = terms
         return terms

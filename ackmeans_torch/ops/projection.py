@@ -156,6 +156,16 @@ def splat(cells: Cells, grids: list[tuple[torch.Tensor, torch.Tensor]],
     splat_corners(weights.T.contiguous(), steps, grids, first)
 
 
+def sort_cells(cells: Cells) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """``(order, first, weights)``: the points of ``cells`` in the order of their cells' lowest
+    corners (``order (M,)`` int64), those corners (``first (M,)`` int32) and the corners'
+    weights ``(8, M)`` corner by corner, as :func:`splat_corners` takes them (a caller that
+    inserts the same points again keeps them)."""
+    order = torch.argsort(cells.columns[:, 0])
+    return (order, cells.columns[:, 0].index_select(0, order),
+            cells.weights.index_select(0, order).T.contiguous())
+
+
 def splat_corners(weights: torch.Tensor, steps: list[int],
                   grids: list[tuple[torch.Tensor, torch.Tensor]], first: torch.Tensor) -> None:
     """:func:`splat` of points given by their lowest corners ``first (m,)`` int64 and their
