@@ -6,8 +6,8 @@ Side by side (``--relion N ...``, default 3,000 and 30,000): the 70S benchmark s
 ``scripts/bench_class3d.py`` (3 states 50/30/20 %, 64 px of 5.08 Å, CTF, SNR 1/10, pose noise
 2°/1 px, as ``experiment=hetero3d_70s`` makes it, written to ``particles.star``) is classified
 by RELION (``relion_refine --skip_align --K 3 --tau2_fudge 4 --iter 2 --j 2``, niced, the exact
-lines of ``bench_class3d.relion_commands``; seconds per iteration = the mean time between
-consecutive ``run_itNNN_data.star`` files) and then by ours on the same STAR, K = 3, with one
+lines of ``bench_class3d.relion_commands``; ``--relion-iter`` sets ``--iter``, 25 as a job runs;
+seconds per iteration = the mean time between consecutive ``run_itNNN_data.star`` files) and then by ours on the same STAR, K = 3, with one
 torch thread and with two, at our target resolution and at the band RELION's iterations used
 (its ``rlnCurrentImageSize``: the work per particle grows with the band's area, so this is the
 like-for-like row). Ours: a fresh process
@@ -18,8 +18,9 @@ correction off), each an E-step over all particles and a complete M-step (the K 
 their half maps and FSC).
 Printed: round 1 (every particle inserted afresh) and the mean of rounds 2 on (inserted
 incrementally once the previous round moved ≤ 50 % of the particles), with σ, the % of
-particles that changed class in each. The ratios are RELION's seconds per iteration over ours
-per round, for round 1 and for the later rounds.
+particles that changed class in each, and the mean of every pass, the initial assignment
+included (a job's iterations, as RELION's mean counts its first). The ratios are RELION's
+seconds per iteration over ours per round, for round 1, the later rounds and every pass.
 
 Scale rows (``--rows NxK ...``): ours only, on the built-in heterogeneous phantom set
 (``sim.hetero.HeteroSimulation``, 64 px, 4 Å/px, CTF, SNR 1/10) held in memory, simulated in a
@@ -126,19 +127,19 @@ def run_child(extra: list[str], *, threads: int, resolution: float, rounds: int,
 
 
 def relion_per_iteration(set_dir: Path, *, box: float, n_classes: int, lowpass: float,
-                         threads: int) -> tuple[list, float]:
-    """Run RELION's reference and Class3D lines (``bench_class3d.relion_commands``, 2
+                         threads: int, n_iter: int) -> tuple[list, list]:
+    """Run RELION's reference and Class3D lines (``bench_class3d.relion_commands``, ``n_iter``
     iterations; particle diameter 90% of the ``box`` in Å) in ``set_dir``; the seconds of each
-    iteration, and the band those iterations compared and inserted: the mean
-    ``rlnCurrentImageSize`` / 2 of their model.star (RELION's ``current_size``: from
-    ``--ini_high`` plus ``--incr_size`` shells, far short of Nyquist in early iterations)."""
+    iteration, and the band each compared and inserted: ``rlnCurrentImageSize`` / 2 of its
+    model.star (RELION's ``current_size``: from ``--ini_high`` plus ``--incr_size`` shells, far
+    short of Nyquist in early iterations, growing with the resolution)."""
     from bench_class3d import relion_commands
 
     from ackmeans_torch.io.star import read_star
 
     run_dir = set_dir / "r3d_speed"
     run_dir.mkdir(parents=True, exist_ok=True)
-    commands = relion_commands(n_classes=n_classes, n_iter=2, diameter=0.9 * box,
+    commands = relion_commands(n_classes=n_classes, n_iter=n_iter, diameter=0.9 * box,
                                lowpass=lowpass, threads=threads)
     commands[-1][commands[-1].index("--o") + 1] = "r3d_speed/run"
     with open(run_dir / "relion.log", "w") as log:
@@ -146,10 +147,10 @@ def relion_per_iteration(set_dir: Path, *, box: float, n_classes: int, lowpass: 
             print("  $ (cd", set_dir, "&& nice -n 10", shlex.join(command) + ")", flush=True)
             subprocess.run(["nice", "-n", "10", *command], cwd=set_dir, stdout=log,
                            stderr=subprocess.STDOUT, check=True)
-    times = [(run_dir / f"run_it{i:03d}_data.star").stat().st_mtime for i in range(3)]
+    times = [(run_dir / f"run_it{i:03d}_data.star").stat().st_mtime for i in range(n_iter + 1)]
     sizes = [float(read_star(run_dir / f"run_it{i:03d}_model.star")["model_general"]
-                   ["rlnCurrentImageSize"]) for i in (1, 2)]
-    return np.diff(times).tolist(), float(np.mean(sizes)) / 2
+                   ["rlnCurrentImageSize"]) for i in range(1, n_iter + 1)]
+    return np.diff(times).tolist(), [size / 2 for size in sizes]
 
 
 def side_by_side(n: int, args) -> list[str]:
@@ -165,9 +166,11 @@ def side_by_side(n: int, args) -> list[str]:
     print(f"# simulated {n} particles of the 70S set in {time.perf_counter() - start:.0f} s "
           f"-> {set_dir}", flush=True)
     size = data.images.shape[-1]
-    per_iter, band = relion_per_iteration(set_dir, box=size * data.voxel_size, n_classes=3,
-                                          lowpass=args.lowpass, threads=args.j)
-    relion = float(np.mean(per_iter))
+    per_iter, bands = relion_per_iteration(set_dir, box=size * data.voxel_size, n_classes=3,
+                                           lowpass=args.lowpass, threads=args.j,
+                                           n_iter=args.relion_iter)
+    print(f"# RELION's band per iteration (px): {', '.join(f'{b:g}' for b in bands)}")
+    relion, band = float(np.mean(per_iter)), float(np.mean(bands))
     same = size * data.voxel_size / band  # RELION's band as a target resolution (Å)
     lines = [f"| {n:,} | 3 | RELION 3.1 `--j {args.j}`, its band {same:.1f} Å ({band:g} px) | "
              f"{relion:.1f} per iteration ({', '.join(f'{t:.1f}' for t in per_iter)}) | - | "
@@ -179,10 +182,13 @@ def side_by_side(n: int, args) -> list[str]:
                           threads=threads, resolution=resolution, rounds=args.rounds,
                           cache_gb=args.cache_gb)
             first, later, sigmas = rounds_cell(r)
+            every = float(np.mean(r["pass_s"]))
             lines.append(f"| {n:,} | 3 | ours, band {resolution:.1f} Å, {threads} torch "
                          f"thread{'s' * (threads > 1)} | {first:.2f} (round 1); {later:.2f} "
-                         f"(rounds 2–{args.rounds}, σ {sigmas} %) | {relion / first:.1f}; "
-                         f"{relion / later:.1f} | {os.getloadavg()[0]:.1f} |")
+                         f"(rounds 2–{args.rounds}, σ {sigmas} %); {every:.2f} (all "
+                         f"{len(r['pass_s'])} passes) | {relion / first:.1f}; "
+                         f"{relion / later:.1f}; {relion / every:.1f} | "
+                         f"{os.getloadavg()[0]:.1f} |")
             print(lines[-1], flush=True)
     return lines
 
@@ -199,6 +205,8 @@ def main() -> None:
     parser.add_argument("--lowpass", type=float, default=40.0,
                         help="RELION's initial reference low-pass and --ini_high (Å)")
     parser.add_argument("--j", type=int, default=2, help="RELION threads (--j)")
+    parser.add_argument("--relion-iter", type=int, default=2,
+                        help="RELION's iterations (--iter) in the side-by-side rows")
     parser.add_argument("--threads", type=int, default=1, help="torch threads of the scale rows")
     parser.add_argument("--side-threads", type=int, nargs="+", default=[1, 2],
                         help="torch threads of our side-by-side rows")

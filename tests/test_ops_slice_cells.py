@@ -1,8 +1,10 @@
 """The trilinear cells of central slices (ops/projection.py: slice_cells, interpolate, splat,
-band_window, invert on a window): the projector's gathers are the trilinear interpolation with
-zero padding that ``grid_sample`` computes, a band window changes nothing inside its band, the
-splat is the exact adjoint of the interpolation, and a reconstruction from a centred window is
-the one from the full grid that holds it."""
+insertion_matrix, band_window, the pruned transforms, invert on a window): the projector's
+gathers are the trilinear interpolation with zero padding that ``grid_sample`` computes, a band
+window changes nothing inside its band, the splat is the exact adjoint of the interpolation and
+the insertion matrix is that splat, the pruned transforms are the full padded ones at the
+frequencies or voxels they keep, and a reconstruction from a centred window is the one from the
+full grid that holds it."""
 
 from __future__ import annotations
 
@@ -13,7 +15,8 @@ import torch.nn.functional as F
 from ackmeans_torch.errors import InputError
 from ackmeans_torch.ops.fourier import fftnc
 from ackmeans_torch.ops.projection import (
-    BackProjector, FourierProjector, band_window, interpolate, invert, slice_cells, splat,
+    BackProjector, FourierProjector, band_window, cell_offsets, insertion_matrix, interpolate,
+    invert, padded_inverse, padded_spectrum, slice_cells, sort_cells, splat, splat_corners,
     trilinear_kernel_transform,
 )
 from ackmeans_torch.sim.views import random_rotations
@@ -91,6 +94,75 @@ def test_splat_is_the_adjoint_of_interpolate():
         target = torch.zeros(side**3, dtype=dtype)
         splat(cells64, [(target, values)])
         torch.testing.assert_close((forward * values).sum(), (table * target).sum())
+
+
+def test_insertion_matrix_is_the_splat_of_each_channel():
+    """``insertion_matrix(...) @ values`` adds each of C channels of the sorted points into the
+    window as ``splat_corners`` does one grid at a time, and is a valid CSR matrix (ascending
+    columns in every row, which cuSPARSE also expects); no points give an empty matrix."""
+    generator = torch.Generator().manual_seed(8)
+    for radius in (3.0, 6.0, None):
+        start, side = band_window(2 * L, 2, radius, border=False)
+        cells = slice_cells(BackProjector(L, max_radius=radius).k2d, _rotations(7, seed=9),
+                            padding=2, padded_size=2 * L, start=start, side=side)
+        order, first, corners = sort_cells(cells)
+        steps = list(cell_offsets(side))
+        matrix = insertion_matrix(first, corners, steps, side**3)
+        values = torch.randn((len(order), 3), generator=generator)
+        expected = torch.zeros((3, side**3))
+        splat_corners(corners, steps, [(expected[c], values[:, c].contiguous()) for c in range(3)],
+                      first.long())
+        torch.testing.assert_close(matrix @ values, expected.T, atol=1e-5, rtol=1e-5)
+        rows, columns = matrix.crow_indices(), matrix.col_indices()
+        torch.sparse_csr_tensor(rows, columns, matrix.values(), size=matrix.shape,
+                                check_invariants=True)
+        runs = torch.repeat_interleave(rows.diff())
+        assert bool(((columns[1:] > columns[:-1]) | (runs[1:] != runs[:-1])).all())
+    empty = insertion_matrix(first[:0], corners[:, :0], steps, side**3)
+    assert empty.shape == (side**3, 0) and float((empty @ values[:0]).abs().sum()) == 0.0
+
+
+def _centred_padded_spectrum(volumes: torch.Tensor, padded_size: int) -> torch.Tensor:
+    """The plain way: zero-pad about the centre and take the full centred transform."""
+    size = volumes.shape[-1]
+    grid = volumes.new_zeros(volumes.shape[:-3] + (padded_size,) * 3)
+    at = slice(padded_size // 2 - size // 2, padded_size // 2 - size // 2 + size)
+    grid[..., at, at, at] = volumes
+    return fftnc(grid, 3)
+
+
+@pytest.mark.parametrize("size,padding,low,high", [
+    (16, 2, 9, 24), (16, 2, 0, 32), (15, 2, 3, 28), (15, 1, 0, 15), (12, 3, 11, 26),
+    (12, 3, 0, 36)])
+def test_pruned_spectrum_is_the_padded_fft_at_its_frequencies(size, padding, low, high):
+    """:func:`padded_spectrum` of a stack of volumes, odd and even, paddings 1–3, a band or the
+    whole grid, equals the full zero-padded centred transform at the kept frequencies."""
+    volumes = torch.randn((2, size, size, size), generator=torch.Generator().manual_seed(10))
+    padded = padding * size
+    full = _centred_padded_spectrum(volumes, padded)[..., low:high, low:high, low:high]
+    torch.testing.assert_close(padded_spectrum(volumes, padded, low, high), full,
+                               atol=1e-4, rtol=1e-5)
+
+
+@pytest.mark.parametrize("size,padding,side", [(16, 2, 13), (16, 2, 32), (15, 2, 21),
+                                               (15, 1, 15), (12, 3, 36), (12, 3, 17)])
+def test_pruned_inverse_is_the_padded_inverse_in_its_box(size, padding, side):
+    """:func:`padded_inverse` of a Hermitian spectrum held on a centred window (or the whole
+    grid) equals the box about the centre of the full inverse transform of the padded grid."""
+    padded = padding * size
+    box = torch.randn((size,) * 3, generator=torch.Generator().manual_seed(11))
+    grid = _centred_padded_spectrum(box, padded)
+    window = slice(padded // 2 - side // 2, padded // 2 - side // 2 + side)
+    held = torch.zeros_like(grid)
+    held[window, window, window] = grid[window, window, window]
+    if side < padded:  # a symmetric window keeps the spectrum Hermitian
+        assert side % 2
+    at = slice(padded // 2 - size // 2, padded // 2 - size // 2 + size)
+    expected = torch.fft.fftshift(torch.fft.ifftn(torch.fft.ifftshift(held))).real[at, at, at]
+    part = held[window, window, window] if side < padded else held
+    torch.testing.assert_close(padded_inverse(part, size, padded), expected, atol=1e-5, rtol=1e-5)
+    if side == padded:  # nothing is lost: the box itself comes back
+        torch.testing.assert_close(padded_inverse(part, size, padded), box, atol=1e-5, rtol=1e-5)
 
 
 def test_invert_of_a_window_is_invert_of_the_grid_holding_it():

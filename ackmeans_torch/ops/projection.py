@@ -106,11 +106,13 @@ def slice_cells(k2d: torch.Tensor, rotations: torch.Tensor, *, padding: int, pad
                                             device=first.device)
     fx, fy, fz = frac.unbind(1)
     z1 = fz * inside
-    along_z = torch.stack([inside - z1, z1], 1)
-    along_y = torch.stack([1 - fy, fy], 1)
-    along_x = torch.stack([1 - fx, fx], 1)
-    weights = ((along_z[:, :, None] * along_y[:, None, :]).view(-1, 4, 1)
-               * along_x[:, None, :]).view(-1, 8)
+    z0, y0, x0 = inside - z1, 1 - fy, 1 - fx
+    # corner by corner into the (M, 8) columns: an outer product of (M, 2) factors broadcast
+    # over dimensions of 2 runs 2.8× slower
+    weights = torch.empty((len(frac), 8), device=frac.device)
+    for i, zy in enumerate((z0 * y0, z0 * fy, z1 * y0, z1 * fy)):
+        torch.mul(zy, x0, out=weights[:, 2 * i])
+        torch.mul(zy, fx, out=weights[:, 2 * i + 1])
     return Cells(columns, weights)
 
 
@@ -166,6 +168,58 @@ def sort_cells(cells: Cells) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
             cells.weights.index_select(0, order).T.contiguous())
 
 
+def insertion_matrix(first: torch.Tensor, weights: torch.Tensor, steps: list[int],
+                     volume: int) -> torch.Tensor:
+    """``(volume, m)`` sparse CSR float32: the transpose of the interpolation matrix of the
+    points of :func:`sort_cells` (lowest corners ``first (m,)`` ascending, corner weights
+    ``weights (8, m)``, the corners ``steps`` from the lowest one, on a window of ``volume``
+    voxels), so that ``matrix @ values`` with ``values (m, C)`` real in that order is their
+    splat into C channels, each voxel's row summed at once by the sparse kernel (MKL on CPU,
+    cuSPARSE on CUDA). For points inserted again and again with new values: made once, it
+    inserts 12 channels 14× faster than :func:`splat_corners` (the scatter's
+    read-modify-write per corner and channel; one thread, 200k points on a 49³ window), and
+    made in about the time of one such splat (0.058 against 0.068 s).
+
+    Built by counting, without sorting the 8m entries: row r holds, corner by corner, the points
+    whose lowest corner is r − step, a run of consecutive points; the corners go from the last
+    to the first, so that each row's columns ascend, as CSR wants them."""
+    m, device = len(first), first.device
+    index_dtype = torch.int32 if 8 * m < 2**31 and volume < 2**31 else torch.int64
+    rows = torch.zeros(volume + 1, dtype=index_dtype, device=device)
+    # counts over the rows the points reach, [low, low + span), not the whole window
+    low = int(first[0]) if m else 0
+    reach = steps[-1] + 1
+    span = int(first[-1]) + reach - low if m else 0
+    first = (first - low).long()
+    count = torch.bincount(first, minlength=span).to(index_dtype)
+    group = count.cumsum(0, dtype=index_dtype) - count  # each lowest corner's first point
+    padded = torch.nn.functional.pad(count, (steps[-1], 0))
+    # per_corner[k][r]: the points that reach row low + r through corner k
+    per_corner = [padded[steps[-1] - step:steps[-1] - step + span] for step in steps]
+    rows[low + 1:low + span + 1] = torch.stack(per_corner).sum(0).cumsum(0)
+    rows[low + span + 1:] = 8 * m
+    # where corner k's points begin in row r: after the row's points of the corners beyond k
+    begin = rows[low:low + span].clone()
+    points = torch.arange(m, dtype=index_dtype, device=device)
+    place = torch.empty((len(steps), m), dtype=torch.int64, device=device)
+    lowest = span - steps[-1]  # the lowest corners' range
+    for k in reversed(range(len(steps))):
+        # a corner's points are a run in the point order: each one's place is its own index
+        # plus its lowest corner's offset from the run's start to the row's slot
+        offset = begin[steps[k]:steps[k] + lowest] - group[:lowest]
+        place[k] = points + offset[first]
+        begin += per_corner[k]
+    place = place.view(-1)
+    columns = torch.empty(8 * m, dtype=index_dtype, device=device)
+    columns[place] = points.repeat(len(steps))
+    values = torch.empty(8 * m, dtype=torch.float32, device=device)
+    values[place] = weights.reshape(-1).to(torch.float32)
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="Sparse CSR tensor support is in beta")
+        return torch.sparse_csr_tensor(rows, columns, values, size=(volume, m),
+                                       check_invariants=False)
+
+
 def splat_corners(weights: torch.Tensor, steps: list[int],
                   grids: list[tuple[torch.Tensor, torch.Tensor]], first: torch.Tensor) -> None:
     """:func:`splat` of points given by their lowest corners ``first (m,)`` int64 and their
@@ -181,6 +235,35 @@ def splat_corners(weights: torch.Tensor, steps: list[int],
             torch.mul(value, weight[:, None], out=product)
             # a view that starts at the corner's step takes the lowest corners' indices as they are
             flat[step:].index_add_(0, first, spread)
+
+
+def padded_spectrum(volumes: torch.Tensor, padded_size: int, low: int, high: int) -> torch.Tensor:
+    """``(K, s, s, s)`` complex64: the centred 3D transform of ``volumes (K, L, L, L)``
+    zero-padded to ``padded_size`` P with voxel L // 2 at the origin, at the centred indices
+    ``[low, high)`` of each axis (index P // 2 is k = 0; 0 <= low < high <= P). A pruned
+    transform: one axis at a time, the padded lines' FFTs kept only in the band before the next
+    axis, so only lines that hold voxels are transformed (L² then L·s then s² an axis, of P²;
+    the 49³ window of a 30 Å band of a 64 px box is made 3–4× faster than by a full padded
+    ``fftn``, the whole grid 1.2×). Each pass turns the next axis last in memory (the padding copies it in that
+    order) and transforms it: z, y, then x, so the result comes in the usual order."""
+    size, half = volumes.shape[-1], padded_size // 2
+    first, last = low - half, high - half  # the kept frequencies k, first <= k < last
+    spectrum = volumes.to(torch.float32)
+    for axis in range(3):
+        spectrum = spectrum.permute(0, 2, 3, 1)
+        # the last axis still in voxels: voxel x at the uncentred index (x − L//2) mod P
+        lines = torch.cat([spectrum[..., size // 2:],
+                           spectrum.new_zeros(spectrum.shape[:-1] + (padded_size - size,)),
+                           spectrum[..., :size // 2]], -1)
+        if axis == 0:
+            # real lines: the half transform (k = 0 ... P/2) and F(−k) = conj F(k)
+            lines = torch.fft.rfft(lines, dim=-1)
+            below = lines[..., 1:1 - min(first, 0)].flip(-1).conj()
+        else:
+            lines = torch.fft.fft(lines, dim=-1)
+            below = lines[..., padded_size + min(first, 0):]
+        spectrum = torch.cat([below, lines[..., max(first, 0):last]], -1)
+    return spectrum
 
 
 class FourierProjector:
@@ -211,21 +294,13 @@ class FourierProjector:
         padded_size = padding * size
         vol = volumes.to(torch.float32)
         vol = vol / trilinear_kernel_transform(size, padding, device=vol.device)
-        # fftnc of the zero-padded volume without shifting the padded grid: voxel x goes to the
-        # uncentred index (x − L//2) mod P, and centred frequency index i is read at (i − P//2)
-        # mod P of the transform
-        device = vol.device
-        uncentred = vol.new_zeros((self.n_volumes,) + (padded_size,) * 3)
-        at = (torch.arange(size, device=device) - size // 2) % padded_size
-        uncentred[:, at[:, None, None], at[None, :, None], at[None, None, :]] = vol
-        spectrum = torch.fft.fftn(uncentred, dim=(-3, -2, -1))
         self.padded_size = padded_size
         self.window = start, side = band_window(padded_size, padding, max_radius, border=True)
         window = vol.new_zeros((side,) * 3 + (2, self.n_volumes))
         lo, hi = max(start, 0), min(start + side, padded_size)
         inner = slice(lo - start, hi - start)
-        k = (torch.arange(lo, hi, device=device) - padded_size // 2) % padded_size
-        part = spectrum[:, k[:, None, None], k[None, :, None], k[None, None, :]].permute(1, 2, 3, 0)
+        part = padded_spectrum(vol, padded_size, lo, hi)
+        part = part.permute(1, 2, 3, 0)
         window[inner, inner, inner, 0], window[inner, inner, inner, 1] = part.real, part.imag
         # (side³, 2K): the real parts of the K volumes at a voxel, then their imaginary parts,
         # gathered together
@@ -472,18 +547,34 @@ def invert(numerator: torch.Tensor, weight: torch.Tensor, *, box_size: int, padd
     # one real factor per voxel: 1 / (Σ c² + regulariser) where divided, 0 elsewhere
     factor = torch.where(used, denominator.clamp_min(1e-30).reciprocal(), 0.0)
     spectrum = (numerator + mirror(numerator).conj()) * factor
-    # ifftnc of a Hermitian spectrum as a real transform of its half kx >= 0: the window's
-    # frequencies k go straight to the uncentred index k mod P (no padded grid to shift), and
-    # the L³ box is read from the uncentred volume at positions x mod P
-    device = numerator.device
-    k = (torch.arange(side, device=device) - side // 2) % padded
-    half = k <= padded // 2
-    uncentred = spectrum.new_zeros((padded, padded, padded // 2 + 1))
-    uncentred[k[:, None, None], k[None, :, None], k[half][None, None, :]] = spectrum[..., half]
-    volume = torch.fft.irfftn(uncentred, s=(padded,) * 3)
-    box = (torch.arange(size, device=device) - size // 2) % padded
-    volume = volume[box][:, box][:, :, box]
-    return volume / trilinear_kernel_transform(size, padding, device=device)
+    return (padded_inverse(spectrum, size, padded)
+            / trilinear_kernel_transform(size, padding, device=numerator.device))
+
+
+def padded_inverse(spectrum: torch.Tensor, size: int, padded_size: int) -> torch.Tensor:
+    """``(L, L, L)`` real: the box of side ``size`` about voxel L // 2 of the inverse transform
+    of the Hermitian ``spectrum`` — a centred window ``(s, s, s)`` (s odd) of a P³ grid, P =
+    ``padded_size``, zero outside, or the whole grid (s = P) — the adjoint of
+    :func:`padded_spectrum`'s pruning: one axis at a time, z and y transformed and kept at the
+    box before the next, x last as a real transform of its half kx >= 0, so only lines that
+    hold frequencies are transformed and only the box's lines are made."""
+    side, centre = spectrum.shape[-1], spectrum.shape[-1] // 2
+    # the half kx >= 0; on the whole even grid, k = −P/2 stands for +P/2 (its index 0)
+    top = spectrum[..., :1] if side == padded_size else spectrum.new_zeros(
+        spectrum.shape[:-1] + (padded_size // 2 + 1 - (side - centre),))
+    lines = torch.cat([spectrum[..., centre:], top], -1)  # (kz, ky, kx) with kx = 0 ... P/2
+    for _ in range(2):
+        # the first axis still in frequencies: k at the uncentred index k mod P, made last
+        lines = lines.permute(1, 2, 0)
+        lines = torch.cat([lines[..., centre:],
+                           lines.new_zeros(lines.shape[:-1] + (padded_size - side,)),
+                           lines[..., :centre]], -1)
+        lines = torch.fft.ifft(lines, dim=-1)
+        # voxel x at the uncentred index (x − L//2) mod P
+        lines = torch.cat([lines[..., padded_size - size // 2:], lines[..., :size - size // 2]], -1)
+    # (ky, kx, z) then (kx, z, y): x last, a real transform
+    lines = torch.fft.irfft(lines.permute(1, 2, 0), n=padded_size, dim=-1)
+    return torch.cat([lines[..., padded_size - size // 2:], lines[..., :size - size // 2]], -1)
 
 
 def mirror(grid: torch.Tensor) -> torch.Tensor:
