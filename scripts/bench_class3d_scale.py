@@ -5,17 +5,18 @@ they grow with N and K.
 Side by side (``--relion N ...``, default 3,000 and 30,000): the 70S benchmark set of
 ``scripts/bench_class3d.py`` (3 states 50/30/20 %, 64 px of 5.08 Å, CTF, SNR 1/10, pose noise
 2°/1 px, as ``experiment=hetero3d_70s`` makes it, written to ``particles.star``) is classified
-by RELION (``relion_refine --skip_align --K 3 --tau2_fudge 4 --iter 2 --j 2``, niced, the exact
-lines of ``bench_class3d.relion_commands``; ``--relion-iter`` sets ``--iter``, 25 as a job runs;
-seconds per iteration = the mean time between consecutive ``run_itNNN_data.star`` files) and then by ours on the same STAR, K = 3, with one
+by RELION (``relion_refine --skip_align --K 3 --tau2_fudge 4 --iter 25 --j 2``, niced, the exact
+lines of ``bench_class3d.relion_commands``; ``--relion-iter`` sets ``--iter``; seconds per
+iteration = the mean time between consecutive ``run_itNNN_data.star`` files; its band grows
+over the iterations, and the like-for-like band is their mean) and then by ours on the same STAR, K = 3, with one
 torch thread and with two, at our target resolution and at the band RELION's iterations used
 (its ``rlnCurrentImageSize``: the work per particle grows with the band's area, so this is the
 like-for-like row). Ours: a fresh process
 per row reads the STAR, makes the start maps (random halves, RELION's reference is made
-outside its iterations too), then ``fit_clusters(max_iter=--rounds)`` runs the initial
-assignment and that many ACK-means rounds (as classify3d runs them: scale on, own-class
-correction off), each an E-step over all particles and a complete M-step (the K class maps,
-their half maps and FSC).
+outside its iterations too), then ``fit_clusters`` runs the initial assignment and as many
+ACK-means rounds after it as make RELION's number of iterations (as classify3d runs them: scale
+on, own-class correction off), each an E-step over all particles and a complete M-step (the K
+class maps, their half maps and FSC); the scale rows run ``--rounds`` after the initial pass.
 Printed: round 1 (every particle inserted afresh) and the mean of rounds 2 on (inserted
 incrementally once the previous round moved ≤ 50 % of the particles), with σ, the % of
 particles that changed class in each, and the mean of every pass, the initial assignment
@@ -178,14 +179,16 @@ def side_by_side(n: int, args) -> list[str]:
     print(lines[-1], flush=True)
     for threads in args.side_threads:
         for resolution in (args.resolution, same):
+            # as many passes as RELION's iterations
+            rounds = args.relion_iter - 1
             r = run_child(["--child-star", str(set_dir / "particles.star"), "--k", "3"],
-                          threads=threads, resolution=resolution, rounds=args.rounds,
+                          threads=threads, resolution=resolution, rounds=rounds,
                           cache_gb=args.cache_gb)
             first, later, sigmas = rounds_cell(r)
             every = float(np.mean(r["pass_s"]))
             lines.append(f"| {n:,} | 3 | ours, band {resolution:.1f} Å, {threads} torch "
                          f"thread{'s' * (threads > 1)} | {first:.2f} (round 1); {later:.2f} "
-                         f"(rounds 2–{args.rounds}, σ {sigmas} %); {every:.2f} (all "
+                         f"(rounds 2–{rounds}, σ {sigmas} %); {every:.2f} (all "
                          f"{len(r['pass_s'])} passes) | {relion / first:.1f}; "
                          f"{relion / later:.1f}; {relion / every:.1f} | "
                          f"{os.getloadavg()[0]:.1f} |")
@@ -205,7 +208,7 @@ def main() -> None:
     parser.add_argument("--lowpass", type=float, default=40.0,
                         help="RELION's initial reference low-pass and --ini_high (Å)")
     parser.add_argument("--j", type=int, default=2, help="RELION threads (--j)")
-    parser.add_argument("--relion-iter", type=int, default=2,
+    parser.add_argument("--relion-iter", type=int, default=25,
                         help="RELION's iterations (--iter) in the side-by-side rows")
     parser.add_argument("--threads", type=int, default=1, help="torch threads of the scale rows")
     parser.add_argument("--side-threads", type=int, nargs="+", default=[1, 2],
@@ -223,7 +226,8 @@ def main() -> None:
     if args.child or args.child_star:
         print(json.dumps(child(args)))
         return
-    print(f"# 3D classification, {args.rounds} rounds after the initial pass: 64 px, target "
+    print(f"# 3D classification, {args.relion_iter} passes side by side, {args.rounds} rounds "
+          f"after the initial pass in the scale rows: 64 px, target "
           f"{args.resolution:g} Å band unless said")
     if args.relion:
         print("\n| N | K | program | seconds per iteration / round | RELION / ours | load |"
