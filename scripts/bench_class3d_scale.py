@@ -179,7 +179,7 @@ def side_by_side(n: int, args) -> list[str]:
     print(lines[-1], flush=True)
     for threads in args.side_threads:
         for resolution in (args.resolution, same):
-            # as many passes as RELION's iterations
+            # as many passes as RELION's iterations, unless no particle changes class before
             rounds = args.relion_iter - 1
             r = run_child(["--child-star", str(set_dir / "particles.star"), "--k", "3"],
                           threads=threads, resolution=resolution, rounds=rounds,
@@ -188,7 +188,7 @@ def side_by_side(n: int, args) -> list[str]:
             every = float(np.mean(r["pass_s"]))
             lines.append(f"| {n:,} | 3 | ours, band {resolution:.1f} Å, {threads} torch "
                          f"thread{'s' * (threads > 1)} | {first:.2f} (round 1); {later:.2f} "
-                         f"(rounds 2–{rounds}, σ {sigmas} %); {every:.2f} (all "
+                         f"(rounds 2–{len(r['pass_s']) - 1}, σ {sigmas} %); {every:.2f} (all "
                          f"{len(r['pass_s'])} passes) | {relion / first:.1f}; "
                          f"{relion / later:.1f}; {relion / every:.1f} | "
                          f"{os.getloadavg()[0]:.1f} |")

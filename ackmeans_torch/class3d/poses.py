@@ -93,15 +93,18 @@ def pose_derivatives(projector: FourierProjector, rotations: Tensor, k2d: Tensor
     size = projector.box_size
     values = projector.sample(rotations, k2d)  # (4, B, n): F, then the spectra of x·V, y·V, z·V
     slices = values[0] * ctf
-    gradient = values[1:] * ((-2j * math.pi / size) * POSE_STEP)
-    k = torch.cat([k2d, torch.zeros_like(k2d[:, :1])], 1).to(rotations.dtype)  # (n, 3) image frame
-    # u × k for u = x̂, ŷ, ẑ with k = (kx, ky, 0): (0, 0, ky), (0, 0, −kx), (−ky, kx, 0)
-    zero = torch.zeros_like(k[:, 0])
-    cross = torch.stack([torch.stack([zero, zero, k[:, 1]], 1),
-                         torch.stack([zero, zero, -k[:, 0]], 1),
-                         torch.stack([-k[:, 1], k[:, 0], zero], 1)])
-    direction = -torch.einsum("unc,bcd->dubn", cross, rotations)  # (3 axes d, 3 turns u, B, n)
-    turns = (gradient[:, None] * direction.to(gradient.dtype)).sum(0) * ctf
+    b, n = slices.shape
+    # the gradient in the image frame, G = A·∇F (its x, y, z rows), as one real batched
+    # product: the rate along −Aᵀ(u × k) is then −(u × k)·G, with k = (kx, ky, 0) and
+    # u × k = (0, 0, ky), (0, 0, −kx), (−ky, kx, 0) for u = x̂, ŷ, ẑ (no (3, 3, B, n) directions)
+    gradient = torch.view_as_real(values[1:]).permute(1, 0, 2, 3).reshape(b, 3, 2 * n)
+    frame = torch.bmm(rotations.to(gradient.dtype), gradient).view(b, 3, n, 2)
+    kx, ky = k2d[:, 0, None].to(frame.dtype), k2d[:, 1, None].to(frame.dtype)
+    rates = torch.stack([-ky * frame[:, 2], kx * frame[:, 2],
+                         ky * frame[:, 0] - kx * frame[:, 1]])  # (3 turns, B, n, 2)
+    # ∇F is −2πi/L times the spectra of x·V, y·V, z·V: i·(a + ib) = −b + ia, with the CTF
+    scale = ((-2 * math.pi / size) * POSE_STEP) * ctf
+    turns = torch.complex(-rates[..., 1] * scale, rates[..., 0] * scale)
     shifts = (1j * k2d.T[:, None, :].to(slices.dtype)) * slices
     return slices, torch.cat([turns, shifts])
 

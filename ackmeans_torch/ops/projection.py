@@ -93,11 +93,16 @@ def slice_cells(k2d: torch.Tensor, rotations: torch.Tensor, *, padding: int, pad
     (:func:`band_window`); sample b·n + j is pixel j of pose b."""
     rot = rotations.to(device=k2d.device, dtype=torch.float32)
     # 3D frequency (x, y, z) = Aᵀ (kx, ky, 0) = kx·A[0, :] + ky·A[1, :], as window indices
-    coords = torch.einsum("nc,bcd->bnd", k2d.to(torch.float32), rot[:, :2, :]) * padding
-    coords = (coords + (padded_size // 2 - start)).reshape(-1, 3)
+    coords = torch.matmul(k2d.to(torch.float32) * padding, rot[:, :2, :])  # (B, n, 3)
+    coords = coords.add_(padded_size // 2 - start).view(-1, 3)
     base = coords.floor()
     frac = coords.sub_(base)
-    inside = ((base >= 0) & (base <= side - 2)).all(-1).float()
+    # axis by axis: a reduction over a trailing axis of 3 is several times slower
+    inside = None
+    for axis in base.unbind(1):
+        within = (axis >= 0) & (axis <= side - 2)
+        inside = within if inside is None else inside.logical_and_(within)
+    inside = inside.float()
     base = base.clamp_(0, side - 2)
     if side**3 >= 2**24:  # float32 holds integers exactly only below 2²⁴
         base = base.double()
