@@ -81,19 +81,21 @@ def gradient_projector(volume: Tensor, *, padding: int,
 
 
 def pose_derivatives(projector: FourierProjector, rotations: Tensor, k2d: Tensor,
-                     ctf: Tensor) -> tuple[Tensor, Tensor]:
-    """``(B, n)`` the CTF-weighted projections of ``projector``'s map (:func:`gradient_projector`)
-    at ``rotations (B, 3, 3)``, pixels ``k2d (n, 2)``, CTF ``ctf (B, n)``, and ``(5, B, n)`` their
-    first-order change per :data:`POSE_STEP` of rotation about the image's x, y, z axes and per
-    unit of ``-L/2π`` px of shift along x, y. A turn S about image axis u moves the slice point
+                     ctf: Tensor) -> Tensor:
+    """``(6, B, n)``: the CTF-weighted projection of ``projector``'s map
+    (:func:`gradient_projector`) at ``rotations (B, 3, 3)``, pixels ``k2d (n, 2)``, CTF
+    ``ctf (B, n)``, then its first-order change per :data:`POSE_STEP` of rotation about the
+    image's x, y, z axes and per unit of ``-L/2π`` px of shift along x, y (one tensor: the
+    basis the fits take). A turn S about image axis u moves the slice point
     Aᵀk to Aᵀ Sᵀ k, at the rate −Aᵀ(u × k): the change is ∇F there along that direction, exact
     to the interpolation (where central differences of turned projections needed six more
     projections and were 13 % off for a 0.3° turn one-sided); a shift t multiplies the slice by
     exp(−2πi k·t/L), whose rate is −2π/L times i·k times the slice."""
     size = projector.box_size
     values = projector.sample(rotations, k2d)  # (4, B, n): F, then the spectra of x·V, y·V, z·V
-    slices = values[0] * ctf
-    b, n = slices.shape
+    b, n = ctf.shape
+    basis = torch.empty((6, b, n), dtype=values.dtype, device=values.device)
+    torch.mul(values[0], ctf, out=basis[0])
     # the gradient in the image frame, G = A·∇F (its x, y, z rows), as one real batched
     # product: the rate along −Aᵀ(u × k) is then −(u × k)·G, with k = (kx, ky, 0) and
     # u × k = (0, 0, ky), (0, 0, −kx), (−ky, kx, 0) for u = x̂, ŷ, ẑ (no (3, 3, B, n) directions)
@@ -104,9 +106,11 @@ def pose_derivatives(projector: FourierProjector, rotations: Tensor, k2d: Tensor
                          ky * frame[:, 0] - kx * frame[:, 1]])  # (3 turns, B, n, 2)
     # ∇F is −2πi/L times the spectra of x·V, y·V, z·V: i·(a + ib) = −b + ia, with the CTF
     scale = ((-2 * math.pi / size) * POSE_STEP) * ctf
-    turns = torch.complex(-rates[..., 1] * scale, rates[..., 0] * scale)
-    shifts = (1j * k2d.T[:, None, :].to(slices.dtype)) * slices
-    return slices, torch.cat([turns, shifts])
+    turns = torch.view_as_real(basis[1:4])
+    torch.mul(rates[..., 1], -scale, out=turns[..., 0])
+    torch.mul(rates[..., 0], scale, out=turns[..., 1])
+    torch.mul(1j * k2d.T[:, None, :].to(basis.dtype), basis[0], out=basis[4:6])
+    return basis
 
 
 def consensus_map(provider: SliceMatch, back: BackProjector, read, *, chunk_size: int,
@@ -184,8 +188,7 @@ def refine_poses(provider: SliceMatch, *, rounds: int, steps: int = 3,
             pose, tau = rotations[rows], moved[rows].clone()
             for _ in range(steps):
                 x = shift_values(data["x"], k2d, -tau, size)
-                slices, derivatives = pose_derivatives(projector, pose, k2d, data["ctf"])
-                basis = torch.cat([slices[None], derivatives])
+                basis = pose_derivatives(projector, pose, k2d, data["ctf"])
                 coef = _solve(basis, x, w)
                 a = coef[:, :1]
                 # a particle that hardly matches the map (amplitude below a tenth of the

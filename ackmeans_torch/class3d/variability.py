@@ -135,8 +135,7 @@ def _fixed_basis(band: "_SubBand", data: dict[str, Tensor], rotations: Tensor,
     derivatives in the 3 rotations and 2 shifts (``mean_projector``: a
     :func:`gradient_projector` then; ``cells``: the chunk's on the projectors' window)."""
     if pose_terms:
-        slices, turns = pose_derivatives(mean_projector, rotations, band.k2d, data["ctf"])
-        return torch.cat([slices[None], turns])
+        return pose_derivatives(mean_projector, rotations, band.k2d, data["ctf"])
     return mean_projector.slices(cells, data["ctf"].shape) * data["ctf"]
 
 
