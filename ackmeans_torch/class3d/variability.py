@@ -285,7 +285,8 @@ def variability(provider: SliceMatch, n_components: int, *, iterations: int,
             power = (ctf.square() * weight_row)[:, :, None] * torch.diagonal(
                 post.zz, dim1=1, dim2=2)[:, None, :]
             channels = torch.cat([torch.view_as_real(values).flatten(2), power], 2)
-            totals["statistics"].addmm_(matrix, channels.view(-1, 3 * n_components)[order])
+            # (the plain CSR × dense product, the one the projectors' sampling uses on CUDA too)
+            totals["statistics"] += matrix @ channels.view(-1, 3 * n_components)[order]
         totals = reduce(totals)
         sigma2 = float(totals["noise"][0] / totals["noise"][1])
         if last:
