@@ -249,8 +249,9 @@ def padded_spectrum(volumes: torch.Tensor, padded_size: int, low: int, high: int
     transform: one axis at a time, the padded lines' FFTs kept only in the band before the next
     axis, so only lines that hold voxels are transformed (L² then L·s then s² an axis, of P²;
     the 49³ window of a 30 Å band of a 64 px box is made 3–4× faster than by a full padded
-    ``fftn``, the whole grid 1.2×). Each pass turns the next axis last in memory (the padding copies it in that
-    order) and transforms it: z, y, then x, so the result comes in the usual order."""
+    ``fftn``, the whole grid 1.2×). Each pass turns the next axis last in memory (the padding
+    copies it in that order) and transforms it: z, y, then x, so the result comes in the usual
+    order."""
     size, half = volumes.shape[-1], padded_size // 2
     first, last = low - half, high - half  # the kept frequencies k, first <= k < last
     spectrum = volumes.to(torch.float32)
@@ -564,9 +565,10 @@ def padded_inverse(spectrum: torch.Tensor, size: int, padded_size: int) -> torch
     box before the next, x last as a real transform of its half kx >= 0, so only lines that
     hold frequencies are transformed and only the box's lines are made."""
     side, centre = spectrum.shape[-1], spectrum.shape[-1] // 2
-    # the half kx >= 0; on the whole even grid, k = −P/2 stands for +P/2 (its index 0)
-    top = spectrum[..., :1] if side == padded_size else spectrum.new_zeros(
-        spectrum.shape[:-1] + (padded_size // 2 + 1 - (side - centre),))
+    # the half kx >= 0 (P // 2 + 1 of them); on the whole even grid, k = −P/2 stands for +P/2
+    # (its index 0), elsewhere the frequencies beyond the window are zeros
+    top = spectrum[..., :1] if side == padded_size and padded_size % 2 == 0 else (
+        spectrum.new_zeros(spectrum.shape[:-1] + (padded_size // 2 + 1 - (side - centre),)))
     lines = torch.cat([spectrum[..., centre:], top], -1)  # (kz, ky, kx) with kx = 0 ... P/2
     for _ in range(2):
         # the first axis still in frequencies: k at the uncentred index k mod P, made last
@@ -576,7 +578,8 @@ def padded_inverse(spectrum: torch.Tensor, size: int, padded_size: int) -> torch
                            lines[..., :centre]], -1)
         lines = torch.fft.ifft(lines, dim=-1)
         # voxel x at the uncentred index (x − L//2) mod P
-        lines = torch.cat([lines[..., padded_size - size // 2:], lines[..., :size - size // 2]], -1)
+        lines = torch.cat([lines[..., padded_size - size // 2:],
+                           lines[..., :size - size // 2]], -1)
     # (ky, kx, z) then (kx, z, y): x last, a real transform
     lines = torch.fft.irfft(lines.permute(1, 2, 0), n=padded_size, dim=-1)
     return torch.cat([lines[..., padded_size - size // 2:], lines[..., :size - size // 2]], -1)
