@@ -8,8 +8,9 @@ Side by side (``--relion N ...``, default 3,000 and 30,000): the 70S benchmark s
 by RELION (``relion_refine --skip_align --K 3 --tau2_fudge 4 --iter 25 --j 2``, niced, the exact
 lines of ``bench_class3d.relion_commands``; ``--relion-iter`` sets ``--iter``; seconds per
 iteration = the mean time between consecutive ``run_itNNN_data.star`` files; its band grows
-over the iterations, and the like-for-like band is their mean) and then by ours on the same STAR, K = 3, with one
-torch thread and with two, at our target resolution and at the band RELION's iterations used
+over the iterations, and the like-for-like band is their mean) and then by ours on the same
+STAR, K = 3, with one torch thread and with two, at our target resolution and at the band
+RELION's iterations used
 (its ``rlnCurrentImageSize``: the work per particle grows with the band's area, so this is the
 like-for-like row). Ours: a fresh process
 per row reads the STAR, makes the start maps (random halves, RELION's reference is made
@@ -177,10 +178,10 @@ def side_by_side(n: int, args) -> list[str]:
              f"{relion:.1f} per iteration ({', '.join(f'{t:.1f}' for t in per_iter)}) | - | "
              f"{os.getloadavg()[0]:.1f} |"]
     print(lines[-1], flush=True)
+    # as many passes as RELION's iterations, unless no particle changes class before
+    rounds = args.relion_iter - 1
     for threads in args.side_threads:
         for resolution in (args.resolution, same):
-            # as many passes as RELION's iterations, unless no particle changes class before
-            rounds = args.relion_iter - 1
             r = run_child(["--child-star", str(set_dir / "particles.star"), "--k", "3"],
                           threads=threads, resolution=resolution, rounds=rounds,
                           cache_gb=args.cache_gb)

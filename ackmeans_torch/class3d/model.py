@@ -568,8 +568,9 @@ class SliceMatch(Dissimilarity):
         # sums under the mask, not a gather of the masked voxels (3× faster on a 97³ window)
         used = weight > WEIGHT_FLOOR * weight.max()
         count = int(used.sum())
-        return self.regularisation * float(torch.where(used, weight, 0.0).sum()) / count if count \
-            else 0.0
+        if not count:
+            return 0.0
+        return self.regularisation * float(torch.where(used, weight, 0.0).sum()) / count
 
     def update(self, statistics: dict[str, Tensor], previous: Tensor) -> Tensor:
         counts = statistics["counts"]

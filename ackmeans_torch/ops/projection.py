@@ -98,10 +98,9 @@ def slice_cells(k2d: torch.Tensor, rotations: torch.Tensor, *, padding: int, pad
     base = coords.floor()
     frac = coords.sub_(base)
     # axis by axis: a reduction over a trailing axis of 3 is several times slower
-    inside = None
+    inside = torch.ones(len(base), dtype=torch.bool, device=base.device)
     for axis in base.unbind(1):
-        within = (axis >= 0) & (axis <= side - 2)
-        inside = within if inside is None else inside.logical_and_(within)
+        inside &= (axis >= 0) & (axis <= side - 2)
     inside = inside.float()
     base = base.clamp_(0, side - 2)
     if side**3 >= 2**24:  # float32 holds integers exactly only below 2²⁴
@@ -193,8 +192,7 @@ def insertion_matrix(first: torch.Tensor, weights: torch.Tensor, steps: list[int
     rows = torch.zeros(volume + 1, dtype=index_dtype, device=device)
     # counts over the rows the points reach, [low, low + span), not the whole window
     low = int(first[0]) if m else 0
-    reach = steps[-1] + 1
-    span = int(first[-1]) + reach - low if m else 0
+    span = int(first[-1]) + steps[-1] + 1 - low if m else 0
     first = (first - low).long()
     count = torch.bincount(first, minlength=span).to(index_dtype)
     group = count.cumsum(0, dtype=index_dtype) - count  # each lowest corner's first point
