@@ -38,14 +38,13 @@ def _classify(source, *, rounds: int, shard=engine.identity, reduce=engine.ident
     and the number of particles taken out of a class by an incremental M-step."""
     provider = SliceMatch(source, resolution=12.0, mask_radius=10, **provider_options)
     removed = []
-    add = provider.add_statistics
+    move = provider.move_statistics
 
-    def counting(total, index, labels, centers, *, sign=1):
-        if sign < 0:
-            removed.append(len(index))
-        return add(total, index, labels, centers, sign=sign)
+    def counting(total, index, old, new, centers):
+        removed.append(len(index))
+        return move(total, index, old, new, centers)
 
-    provider.add_statistics = counting
+    provider.move_statistics = counting
     generator = torch.Generator().manual_seed(0)
     maps = initial_maps(provider, Class3DOptions(init="simple", resolution=12.0), 3,
                         generator=generator, shard=shard, reduce=reduce, chunk_size=chunk_size)

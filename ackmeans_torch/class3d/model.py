@@ -348,14 +348,17 @@ class SliceMatch(Dissimilarity):
         p = self._slices(index, centers)
         b, n, _, k = p.shape
         w = self.pixel_weight
-        # Σ w|X|², Σ w·Re(X̄·cP_k) and Σ w|cP_k|² as batched products over the 2n real parts of
-        # the pixels, the CTF in the weights: no (B, n, K) temporaries beyond P²
-        # (sums over a trailing axis of 2 are slow: real and imaginary parts are named instead)
+        # Σ w|X|², Σ w·Re(X̄·cP_k) and Σ w|cP_k|² as batched matrix-vector products over the
+        # pixels' real parts, the CTF in the weights: no (B, n, K) temporaries beyond P²
+        # (sums over a trailing axis of 2 are slow: real and imaginary parts are named instead).
+        # Each as (B, ·, n)·(B, n, 1), which runs 1.5–2× faster than (B, 1, n)·(B, n, ·); |P|²
+        # weighs its real and imaginary parts alike, so both are summed over the n pixels
+        # at once and added after
         xx = torch.addcmul(x.real * x.real, x.imag, x.imag) @ w
         xw = torch.view_as_real(x) * (w * ctf)[..., None]
-        sxp = torch.bmm(xw.view(b, 1, 2 * n), p.view(b, 2 * n, k)).view(b, k)
-        pw = (w * ctf.square())[..., None].expand(b, n, 2).reshape(b, 1, 2 * n)
-        spp = torch.bmm(pw, p.square().view(b, 2 * n, k)).view(b, k)
+        sxp = (p.view(b, 2 * n, k).transpose(1, 2) @ xw.view(b, 2 * n, 1)).view(b, k)
+        parts = p.square().view(b, n, 2 * k).transpose(1, 2) @ (w * ctf.square())[..., None]
+        spp = parts.view(b, 2, k).sum(1)
         plain = xx[:, None] - 2 * sxp + spp
         if self.scale:
             # one factor per particle for every class (module docstring): the least-squares
@@ -442,15 +445,14 @@ class SliceMatch(Dissimilarity):
                 "residual_count": torch.zeros((self.n_shells,), dtype=torch.float64,
                                               device=self.device)}
 
-    def _insert(self, stats: dict[str, Tensor], index: Tensor, slots: Tensor,
-                data: dict[str, Tensor], weights: Tensor | None, sign: int = 1) -> None:
-        """Back-project the chunk's particles into the windows ``slots (B,)`` (class·2 + half;
-        −1: none) of the statistics, multiplied by ``weights (B,)`` (soft memberships; None: 1)
-        and ``sign`` (−1 takes them out again), in one splat of the chunk's points in the order
-        of their cells (:meth:`_points`): ``index_add_`` then walks each window almost in order
-        (the slots' windows interleave, each in order), measured 3–4 times faster than in pixel
-        order."""
-        points = self._points(index, data)
+    def _insert(self, stats: dict[str, Tensor], points: dict[str, Tensor], slots: Tensor,
+                weights: Tensor | None, sign: int = 1) -> None:
+        """Back-project the particles of ``points`` (:meth:`_points`) into the windows
+        ``slots (B,)`` (class·2 + half; −1: none) of the statistics, multiplied by
+        ``weights (B,)`` (soft memberships; None: 1) and ``sign`` (−1 takes them out again), in
+        one splat of the points in the order of their cells: ``index_add_`` then walks each
+        window almost in order (the slots' windows interleave, each in order), measured 3–4
+        times faster than in pixel order."""
         particle, first, corners = points["particle"], points["first"], points["weights"]
         value, power = points["value"], points["power"]
         point_slot = slots.to(self.device).index_select(0, particle)
@@ -524,10 +526,24 @@ class SliceMatch(Dissimilarity):
         data = self.read(index)
         labels = labels.to(self.device)
         halves = self.halves[index.cpu()].to(self.device)
-        self._insert(stats, index, labels * 2 + halves, data, None, sign)
+        self._insert(stats, self._points(index, data), labels * 2 + halves, None, sign)
         if self.whiten:
             self._add_residuals(stats, index, labels, centers, data, sign)
         return stats
+
+    def move_statistics(self, total: dict[str, Tensor], index: Tensor, old: Tensor, new: Tensor,
+                        centers: Tensor) -> dict[str, Tensor]:
+        """:meth:`Dissimilarity.move_statistics` with the particles' points made once for both
+        insertions (they are not the loop's chunks, so not kept: making them costs more than
+        one insertion)."""
+        if self.whiten:
+            return super().move_statistics(total, index, old, new, centers)
+        data = self.read(index)
+        points = self._points(index, data)
+        halves = self.halves[index.cpu()].to(self.device)
+        self._insert(total, points, old.to(self.device) * 2 + halves, None, -1)
+        self._insert(total, points, new.to(self.device) * 2 + halves, None)
+        return total
 
     def soft_statistics(self, index: Tensor, q: Tensor, centers: Tensor) -> dict[str, Tensor]:
         """Statistics with memberships ``q (B, K)``: each particle enters every class with its
@@ -539,10 +555,10 @@ class SliceMatch(Dissimilarity):
         q = q.to(self.device)
         keep = q >= 1e-3 * q.amax(1, keepdim=True)
         halves = self.halves[index.cpu()].to(self.device)
+        points = self._points(index, data)
         for k in range(q.shape[1]):
             if bool(keep[:, k].any()):
-                self._insert(stats, index, torch.where(keep[:, k], k * 2 + halves, -1), data,
-                             q[:, k])
+                self._insert(stats, points, torch.where(keep[:, k], k * 2 + halves, -1), q[:, k])
         if self.whiten:
             self._add_residuals(stats, index, q.argmax(1), centers, data)
         return stats

@@ -62,13 +62,14 @@ __all__ = [
 
 
 def sizes_without_self(sizes: Tensor, current: Tensor) -> Tensor:
-    """s′ per item: (B, K) float = ``sizes`` (K,) minus one at each item's ``current`` label (B,).
+    """s′ per item: (B, K) float = ``sizes`` (K,), or each item's own (B, K), minus one at its
+    ``current`` label (B,).
 
     Items with ``current == -1`` belong to no class, so their s′ is ``sizes`` unchanged.
     """
     # (current == j) is false in every column for −1: no special case, few small operations
     # (the engine scores every item that changes class on its own)
-    own = current[:, None] == torch.arange(sizes.shape[0], device=current.device)
+    own = current[:, None] == torch.arange(sizes.shape[-1], device=current.device)
     return sizes.to(torch.float64) - own.to(torch.float64)
 
 
@@ -106,6 +107,10 @@ class SizeRule(nn.Module, ABC):
 class SizePenalty(SizeRule):
     """A rule that scores each item against every class given the current sizes."""
 
+    #: :meth:`scores` also takes ``sizes (B, K)``, row i scored with ``sizes[i]`` (the engine
+    #: then scores the rows of a pass together, each with the sizes its predecessors leave)
+    row_sizes: bool = False
+
     @abstractmethod
     def scores(self, d: Tensor, sizes: Tensor, current: Tensor, *, d_c: float | Tensor,
                n_items: int) -> Tensor:
@@ -124,6 +129,8 @@ class GlobalSizeRule(SizeRule):
 
 class MarginalPenalty(SizePenalty):
     """Additive size cost: scores = d + c(s′) with c the marginal cost ∂R/∂s_j at s′."""
+
+    row_sizes = True  # s′ is (B, K) whatever the sizes' shape
 
     @abstractmethod
     def marginal(self, s_prime: Tensor, *, d_c: float | Tensor, n_items: int) -> Tensor:
@@ -246,6 +253,7 @@ class SpiderFactor(SizePenalty):
 
     label = "SPIDER size factor"
     corrects_self_inclusion = True
+    row_sizes = True
 
     def scores(self, d: Tensor, sizes: Tensor, current: Tensor, *, d_c: float | Tensor,
                n_items: int) -> Tensor:
