@@ -318,3 +318,53 @@ def test_plateau_stops_a_loop_whose_sigma_levels_off_and_says_so():
     result = run(x, 6, QuadraticPenalty(beta=0.5), max_iter=60, sigma0=0.0, plateau=3)
     assert result.stopped == "plateau" and not result.converged
     assert result.history[-1]["stopped"] == "plateau" and result.n_iter < 60
+
+
+class CountedSums(SquaredEuclidean):
+    """Class sums that depend only on the items and their labels, so the loop may update them
+    by the items that move; records per pass whether every item was summed or items moved."""
+
+    incremental = True
+
+    def __init__(self, x):
+        super().__init__(x)
+        self.passes = [set()]
+
+    def add_statistics(self, total, index, labels, centers, *, sign=1):
+        self.passes[-1].add("full" if sign > 0 else "out")
+        return super().add_statistics(total, index, labels, centers, sign=sign)
+
+    def move_statistics(self, total, index, old, new, centers):
+        self.passes[-1].add("moved")
+        total = super().add_statistics(total, index, old, centers, sign=-1)
+        return super().add_statistics(total, index, new, centers)
+
+
+def test_incremental_sums_are_made_afresh_once_half_the_items_moved():
+    """Over 40 ACK-means passes on 1,200 items whose moves fall from 443 to a few: a pass
+    after one that moved at most half the items updates the sums by its movers, until the
+    items moved since the last full sum reach half of them, and then every item is summed
+    afresh (here once, at pass 15). Labels are those of summing every item in every pass,
+    centres equal to float64 rounding (a rule counted in passes fails the check)."""
+    x, _ = gaussian_mixture(4, [150] * 8, sep=1.0, noise=3.0)
+    n = len(x)
+    init = x[torch.randperm(n, generator=torch.Generator().manual_seed(0))[:8]]
+    sums = CountedSums(x)
+    fit = fit_clusters(sums, init.clone(), rule=QuadraticPenalty(beta=0.5), max_iter=40,
+                       batch_size=1, chunk_size=256, generator=torch.Generator().manual_seed(1),
+                       on_iteration=lambda state: sums.passes.append(set()))
+    plain = fit_clusters(SquaredEuclidean(x), init.clone(), rule=QuadraticPenalty(beta=0.5),
+                         max_iter=40, batch_size=1, chunk_size=256,
+                         generator=torch.Generator().manual_seed(1))
+    assert torch.equal(fit.labels, plain.labels)
+    torch.testing.assert_close(fit.centers, plain.centers, rtol=1e-12, atol=1e-12)
+    moves = [round(h["sigma"] * n) for h in fit.history]
+    kinds = sums.passes[:len(moves)]
+    assert all(kind in ({"full"}, {"moved"}, set()) for kind in kinds), kinds
+    since, refreshed = None, 0  # moves since the last full sum (None: none kept)
+    for it, (kind, moved) in enumerate(zip(kinds, moves)):
+        expect_full = (it == 0 or since is None or moves[it - 1] > 0.5 * n or since >= 0.5 * n)
+        assert (kind == {"full"}) == expect_full, (it, kind, since, moves)
+        refreshed += expect_full and it > 1
+        since = 0 if expect_full else since + moved
+    assert refreshed >= 1 and any(kind == {"moved"} for kind in kinds), (kinds, moves)
