@@ -159,29 +159,59 @@ class OneSizeVector(SizePenalty):
         return d + (3.0 * d_c / (n_items / len(sizes)) * s_prime).to(d.dtype)
 
 
+def batch_by_batch(d, cur, lengths, sizes, rule, *, d_c, n_items):
+    """The definition: each global batch scored with the sizes that every batch before it
+    left."""
+    new, sizes, at = torch.empty_like(cur), sizes.clone(), 0
+    for length in lengths:
+        rows = slice(at, at + length)
+        new[rows] = rule.scores(d[rows], sizes, cur[rows], d_c=d_c, n_items=n_items).argmin(1)
+        old = cur[rows][cur[rows] >= 0]
+        sizes += torch.bincount(new[rows], minlength=len(sizes)) - torch.bincount(
+            old, minlength=len(sizes))
+        at += length
+    return new, sizes
+
+
+@pytest.mark.parametrize("batching", ["items", "batches", "two ranks"])
 @pytest.mark.parametrize("rule", [QuadraticPenalty(beta=3.0), EntropyPenalty(beta=3.0),
                                   SpiderFactor(), OneSizeVector()],
                          ids=["ack", "entropy", "spider", "one-size-vector"])
-def test_item_by_item_path_equals_the_batch_path(rule):
-    """One process with batch size 1 takes the item-by-item path (all rows scored together,
-    each with the sizes its guessed predecessors leave, for the built-in rules; resumed after
-    each mover for a rule that takes one size vector); a ``reduce`` that is not ``identity``
-    (as under a distributed run) takes the general path of counted batch changes. On 3,000
-    items with a third starting in a wrong class, some unassigned, and a strong size term (many
-    items scored after a size change), both give the same labels and sizes."""
+def test_fast_assignment_paths_equal_batch_by_batch(rule, batching, thread_ranks):
+    """Every path of the sequential assignment gives the labels and sizes of scoring one global
+    batch at a time: batches of 1 item in one process, batches of 1–6, and batches split
+    between two ranks that all-reduce their size changes (the built-in rules score many
+    batches at once with guessed sizes; a rule that takes one size vector resumes after each
+    batch that moves). 3,000 items, a third starting in a wrong class, some unassigned, and a
+    strong size term, so that many items are scored after a size change."""
     g = torch.Generator().manual_seed(3)
     d = torch.rand(3000, 4, generator=g)
     cur = (d.argmin(1) + (torch.rand(3000, generator=g) < 0.33).long()) % 4
     cur[torch.rand(3000, generator=g) < 0.05] = -1
     sizes = torch.bincount(cur[cur >= 0], minlength=4)
-    args = dict(d_c=torch.tensor(0.2), n_items=3000)
-    fast = _sequential(d, cur, [1] * 3000, sizes, rule, reduce=identity, **args)
-    general = _sequential(d, cur, [1] * 3000, sizes, rule, reduce=lambda x: dict(x), **args)
-    assert torch.equal(fast[0], general[0]) and torch.equal(fast[1], general[1])
-    moved = (fast[0] != cur).float().mean()
-    assert 0.2 < moved < 0.6, moved  # the path was exercised on many moving items
-    assert torch.equal(fast[1], torch.bincount(fast[0], minlength=4) + sizes
-                       - torch.bincount(cur[cur >= 0], minlength=4))
+    lengths = [1] * 3000 if batching == "items" else []
+    while sum(lengths) < 3000:
+        lengths.append(min(3000 - sum(lengths), int(torch.randint(1, 7, (), generator=g))))
+    args = dict(d_c=0.2, n_items=3000)
+    want_labels, want_sizes = batch_by_batch(d, cur, lengths, sizes, rule, **args)
+    moved = (want_labels != cur).float().mean()
+    assert 0.2 < moved < 0.6, moved  # many moving items
+    if batching != "two ranks":
+        labels, got = _sequential(d, cur, lengths, sizes, rule, reduce=identity, **args)
+        assert torch.equal(labels, want_labels) and torch.equal(got, want_sizes)
+        return
+    # rank 0 holds the first half (rounded up) of each batch's rows, rank 1 the rest
+    starts = np.cumsum([0] + lengths[:-1])
+    own = [[torch.arange(a, a + (b + 1) // 2) for a, b in zip(starts, lengths)],
+           [torch.arange(a + (b + 1) // 2, a + b) for a, b in zip(starts, lengths)]]
+
+    def work(rank, reduce):
+        rows = torch.cat(own[rank])
+        return rows, _sequential(d[rows], cur[rows], [len(r) for r in own[rank]], sizes, rule,
+                                 reduce=reduce, **args)
+
+    for rows, (labels, got) in thread_ranks(2, work):
+        assert torch.equal(labels, want_labels[rows]) and torch.equal(got, want_sizes)
 
 
 def test_batched_close_to_sequential():

@@ -17,8 +17,8 @@ Centroids stay fixed during a pass (step 13 comes after the for-loop). With ``ba
 sizes are refreshed after each batch of B items instead of each item; B = 1 is the paper. The
 labels are the paper's item by item, computed faster (:func:`_sequential`): an item that keeps
 its class leaves the sizes as they were, so many items are scored at once and scoring resumes
-after the first one that moves; in one process each item is scored with the sizes a guess of
-the labels before it leaves, and kept up to the first wrong guess (:func:`_item_by_item`).
+after the first one that moves; for the built-in rules each batch is scored with the sizes a
+guess of the labels before it leaves, and kept up to the first wrong guess (:func:`_guessed`).
 
 Incremental M-step: after the first rounds only a few % of the items change class per pass. When
 the dissimilarity's statistics depend only on the items and their labels
@@ -304,9 +304,9 @@ def _add(total: dict[str, Tensor] | None, part: dict[str, Tensor],
 
 #: at most this many global batches are scored ahead with the same sizes (:func:`_sequential`)
 LOOKAHEAD = 64
-#: rows scored together with guessed sizes (:func:`_item_by_item`): a wrong guess early in
-#: them wastes the rest, and with many classes each row costs more (10,000 items, K = 100:
-#: the size loop 0.67 s a run at 256, 1.0 s over whole chunks of 1,024)
+#: global batches scored together with guessed sizes (:func:`_guessed`): a wrong guess early
+#: in them wastes the rest, and with many classes each row costs more (10,000 items, K = 100,
+#: batch 1: the size loop 0.67 s a run at 256, 1.0 s over whole chunks of 1,024)
 SCAN = 256
 #: a pass updates the last pass's statistics by the items that change class (when the
 #: dissimilarity is ``incremental``) while the last pass moved at most this fraction of the items:
@@ -342,10 +342,14 @@ def _sequential(scored: Tensor, cur: Tensor, lengths: list[int], sizes: Tensor,
     scored at once with the current sizes; every batch up to the first that changes the
     (all-reduced) sizes was scored with exactly the sizes it would have met, the sizes take that
     batch's change, and scoring resumes after it. Needs a rule whose score rows depend only on
-    their own row and the sizes (every :class:`SizePenalty` here)."""
+    their own row and the sizes (every :class:`SizePenalty` here); a rule that takes sizes per
+    row takes the faster :func:`_guessed`."""
     # a number, not a 0-dim tensor: the rule's arithmetic on it costs a few µs per operation,
     # paid per moving item
     d_c = float(d_c)
+    if getattr(rule, "row_sizes", False):
+        return _guessed(scored, cur, lengths, sizes, rule, d_c=d_c, n_items=n_items,
+                        reduce=reduce)
     if reduce is identity and all(length == 1 for length in lengths):
         return _item_by_item(scored, cur, sizes, rule, d_c=d_c, n_items=n_items)
     k = scored.shape[1]
@@ -375,53 +379,62 @@ def _sequential(scored: Tensor, cur: Tensor, lengths: list[int], sizes: Tensor,
     return new, sizes
 
 
-def _item_by_item(scored: Tensor, cur: Tensor, sizes: Tensor, rule: SizePenalty, *,
-                  d_c: float, n_items: int) -> tuple[Tensor, Tensor]:
-    """:func:`_sequential` in one process with the sizes refreshed after every item (the
-    paper's order, ``batch_size=1``): an item changes the sizes exactly when its label changes,
-    so the batches' size changes need no counting.
-
-    A rule that scores rows with sizes of their own (:attr:`SizePenalty.row_sizes`) scores
-    :data:`SCAN` rows at once, each with the sizes that a guess of the labels before it
-    leaves; up to the first row whose label differs from its guess every row met the sizes of
-    exact labels, so those rows and that one are exact and kept, and the rest is scored again
-    with this round's labels as the guess. A few rounds a chunk where items move in a run of
-    them: ACK-means on 30,000 items, K = 3, 32 % moving, 0.02 s against 0.77 s for a few small
-    operations per moving item, which other rules still take (a 3D first round at 30,000
-    particles: 1.1 s before)."""
-    if not getattr(rule, "row_sizes", False):
-        return _mover_by_mover(scored, cur, sizes, rule, d_c=d_c, n_items=n_items)
-    n, k = scored.shape
+def _guessed(scored: Tensor, cur: Tensor, lengths: list[int], sizes: Tensor,
+             rule: SizePenalty, *, d_c: float, n_items: int,
+             reduce: Reduce) -> tuple[Tensor, Tensor]:
+    """:func:`_sequential` for a rule that scores rows with sizes of their own
+    (:attr:`SizePenalty.row_sizes`): :data:`SCAN` global batches are scored at once, each with
+    the sizes that a guess of the labels of the batches before it leaves (the guessed size
+    changes all-reduced). Up to the first batch whose labels differ from their guess on any
+    process, every batch met the sizes of exact labels, so those are exact and kept; the rest
+    is scored again with this round's labels as the guess (the first of them met exact sizes
+    this round, so it is kept in the next). A few rounds a chunk, two all-reduces each, where
+    scoring resumed after each batch that changed the sizes before: ACK-means in one process,
+    batch 1, on 30,000 items, K = 3, 32 % moving, 0.02 s against 0.77 s."""
+    k = scored.shape[1]
+    device = scored.device
+    ends = torch.tensor(lengths, device=device).cumsum(0).tolist()
+    starts = [0] + ends[:-1]
+    batch = torch.repeat_interleave(torch.arange(len(lengths), device=device),
+                                    torch.tensor(lengths, device=device))
+    placed = cur >= 0
     new = torch.empty_like(cur)
-    sizes = sizes.clone()
-    # −1 at each item's old class (none for an unassigned item)
-    leave = -torch.nn.functional.one_hot(cur.clamp_min(0), k) * (cur >= 0)[:, None]
     guess = cur[:0]
     done = 0
-    while done < n:
-        stop = min(n, done + SCAN)
-        if done + len(guess) < stop:  # rows not guessed yet: scored with the current sizes
-            rows = slice(done + len(guess), stop)
+    while done < len(lengths):
+        last = min(len(lengths), done + SCAN)
+        low, high = starts[done], ends[last - 1]
+        if low + len(guess) < high:  # rows not guessed yet: scored with the current sizes
+            rows = slice(low + len(guess), high)
             fresh = rule.scores(scored[rows], sizes, cur[rows], d_c=d_c, n_items=n_items)
             guess = torch.cat([guess, fresh.argmin(1)])
-        delta = torch.nn.functional.one_hot(guess, k) + leave[done:stop]
-        met = (delta.cumsum(0) - delta).add_(sizes)  # the sizes each row meets
-        again = rule.scores(scored[done:stop], met, cur[done:stop], d_c=d_c,
+        local, cur_b = batch[low:high] - done, cur[low:high]
+        # per batch +1 at the guessed class, −1 at the old one (an unassigned item has none)
+        delta = torch.bincount(local * k + guess, minlength=(last - done) * k)
+        old = placed[low:high]
+        delta -= torch.bincount(local[old] * k + cur_b[old], minlength=(last - done) * k)
+        delta = reduce({"sizes": delta.view(-1, k)})["sizes"]
+        met = (delta.cumsum(0) - delta).add_(sizes)  # the sizes each batch meets
+        again = rule.scores(scored[low:high], met[local], cur_b, d_c=d_c,
                             n_items=n_items).argmin(1)
-        wrong = torch.nonzero(again != guess)
-        last = int(wrong[0, 0]) if len(wrong) else stop - done - 1
-        new[done:done + last + 1] = again[:last + 1]
-        sizes = met[last] + leave[done + last]
-        sizes[again[last]] += 1
-        done += last + 1
-        guess = again[last + 1:]
+        wrong = torch.bincount(local[again != guess], minlength=last - done)
+        wrong = torch.nonzero(reduce({"wrong": wrong})["wrong"])
+        kept = int(wrong[0, 0]) if len(wrong) else last - done  # the batches kept
+        stop = ends[done + kept - 1] if kept else low
+        new[low:stop] = guess[:stop - low]
+        sizes = met[kept] if kept < last - done else met[-1] + delta[-1]
+        done += kept
+        guess = again[stop - low:]
     return new, sizes
 
 
-def _mover_by_mover(scored: Tensor, cur: Tensor, sizes: Tensor, rule: SizePenalty, *,
-                    d_c: float, n_items: int) -> tuple[Tensor, Tensor]:
-    """:func:`_item_by_item` for a rule that takes one size vector: rows scored with the
-    current sizes up to :data:`LOOKAHEAD` at a time, resumed after each one that moves."""
+def _item_by_item(scored: Tensor, cur: Tensor, sizes: Tensor, rule: SizePenalty, *,
+                  d_c: float, n_items: int) -> tuple[Tensor, Tensor]:
+    """:func:`_sequential` in one process with the sizes refreshed after every item (the
+    paper's order, ``batch_size=1``) for a rule that takes one size vector: an item changes
+    the sizes exactly when its label changes, so the batches' size changes need no counting;
+    rows scored with the current sizes up to :data:`LOOKAHEAD` at a time, resumed after each
+    one that moves."""
     new = torch.empty_like(cur)
     sizes = sizes.clone()
     done, n = 0, len(cur)
