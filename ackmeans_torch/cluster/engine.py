@@ -27,8 +27,7 @@ of the items updates that pass's statistics (this process's own sums, before ``r
 taking each changed item out of its old class and putting it into its new one; once the
 items moved since the last full sum reach :data:`FULL_AFTER_MOVES` of them, after a soft or
 global pass, and after a resume (the kept sums are not in the checkpoint) every item is summed
-afresh. The result is that of the full sum up to
-float rounding.
+afresh. The result is that of the full sum up to float rounding.
 The size rule (``cluster/penalties.py``) says how it assigns: per-item scores refreshed by batch
 (``SizePenalty``), or one global assignment of the whole (N, K) matrix (``GlobalSizeRule``,
 EQK-means); it also names the rule of the initial pass (``first_pass``).
@@ -347,7 +346,7 @@ def _sequential(scored: Tensor, cur: Tensor, lengths: list[int], sizes: Tensor,
     # a number, not a 0-dim tensor: the rule's arithmetic on it costs a few µs per operation,
     # paid per moving item
     d_c = float(d_c)
-    if getattr(rule, "row_sizes", False):
+    if rule.row_sizes:
         return _guessed(scored, cur, lengths, sizes, rule, d_c=d_c, n_items=n_items,
                         reduce=reduce)
     if reduce is identity and all(length == 1 for length in lengths):

@@ -9,7 +9,9 @@ so a penalty only has to say, per batch, the score matrix (B, K) whose argmin is
 
 Shapes: ``d`` (B, K) dissimilarities of B items to K centroids; ``sizes`` (K,) int64 class sizes
 *including* the B items at their current labels; ``current`` (B,) int64 current labels, ``-1`` for
-an item not yet in any class (its s′ is then ``sizes`` itself).
+an item not yet in any class (its s′ is then ``sizes`` itself). A rule whose ``scores`` also take
+``sizes`` (B, K), each row its own (``row_sizes``: every marginal penalty, SPIDER), lets the
+engine score many items at once, each with the sizes the items before it leave.
 
 Every penalty receives ``d_c`` (the characteristic dissimilarity, paper section "Characteristic
 dissimilarity": mean over 10 random items of max_j d − min_j d, recomputed every iteration) and
@@ -67,8 +69,7 @@ def sizes_without_self(sizes: Tensor, current: Tensor) -> Tensor:
 
     Items with ``current == -1`` belong to no class, so their s′ is ``sizes`` unchanged.
     """
-    # (current == j) is false in every column for −1: no special case, few small operations
-    # (the engine scores every item that changes class on its own)
+    # (current == j) is false in every column for −1: no special case
     own = current[:, None] == torch.arange(sizes.shape[-1], device=current.device)
     return sizes.to(torch.float64) - own.to(torch.float64)
 
@@ -108,7 +109,7 @@ class SizePenalty(SizeRule):
     """A rule that scores each item against every class given the current sizes."""
 
     #: :meth:`scores` also takes ``sizes (B, K)``, row i scored with ``sizes[i]`` (the engine
-    #: then scores the rows of a pass together, each with the sizes its predecessors leave)
+    #: then scores many rows together, each with the sizes its predecessors leave)
     row_sizes: bool = False
 
     @abstractmethod
