@@ -165,3 +165,29 @@ def test_two_process_gloo_ddp_run_equals_one_process_run(tmp_path):
     one = tmp_path / "one"
     assert classify_in_process(one, *TINY)["processes"] == 1
     assert_same_run(one, two)
+
+
+@pytest.mark.slow
+def test_classify3d_under_two_process_ddp_from_the_console_script(tmp_path):
+    """``ackmeans-torch classify3d`` run as users run it (the installed console script, which
+    Lightning's launcher re-executes for the second process: it once re-executed
+    "ackmeans-torch classify3d" as a file name and failed) under DDP with 2 CPU processes
+    writes the labels of the one-process run of the same seed (1,200 particles in 3 chunks of
+    512), and rank zero's log says 2 processes."""
+    script = Path(sys.executable).parent / "ackmeans-torch"
+    if not script.is_file():
+        pytest.skip(f"no console script beside {sys.executable} (the package is not installed)")
+    small = ["sim.n_particles=1200", "sim.phantom_box=32", "max_iter=2", "chunk_size=512",
+             "progress=false"]
+    runs = {}
+    for name, extra in (("two", ["trainer=ddp", "trainer.accelerator=cpu", "trainer.devices=2"]),
+                        ("one", [])):
+        runs[name] = tmp_path / name
+        out = subprocess.run([str(script), "classify3d", *small, *extra,
+                              f"out_dir={runs[name]}"], capture_output=True, text=True,
+                             cwd=tmp_path, env=clean_env(), timeout=600)
+        assert out.returncode == 0, out.stderr[-3000:]
+    assert "on 2 process(es)" in (runs["two"] / "app.log").read_text()
+    labels = [starfile.read(runs[name] / "run_data.star")["particles"]["rlnClassNumber"]
+              .to_numpy() for name in ("one", "two")]
+    assert (labels[0] == labels[1]).all()

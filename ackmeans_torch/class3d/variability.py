@@ -27,7 +27,9 @@ of least squares changed 0.70 to 0.73.)
 * E-step: per particle, the least-squares a_i and e_i with the posterior of z_i, mean
   (AᵀA + σ²/2·I)⁻¹Aᵀr_i and covariance σ²/2·(AᵀA + σ²/2·I)⁻¹ (A = c_i P_i U, jointly solved
   with the flat terms), over the band with the distance's pixel weights (whitening applies);
-  σ² from the expected residuals.
+  σ² from the expected residuals of the round before, and in the first round from the fit of
+  the flat terms alone, both summed over every particle (so the start depends on neither the
+  chunks nor the processes).
 * M-step, each component in turn with the others fixed: U_j = Σ_i c_i·(E[z_ij] r_i −
   Σ_{l≠j} E[z_ij z_il] A_il) / (Σ_i E[z_ij²] c_i² + ε), r_i the residual to the flat terms —
   the back-projector with weights E[z_ij²] — then low-passed to the band under the reference
@@ -139,22 +141,33 @@ def _fixed_basis(band: "_SubBand", data: dict[str, Tensor], rotations: Tensor,
     return mean_projector.slices(cells, data["ctf"].shape) * data["ctf"]
 
 
+def _flat_ridge(gram: Tensor, n_fixed: int) -> Tensor:
+    """Flat priors on the amplitude and pose terms: a ridge of 10⁻⁹ of their own scale."""
+    return 1e-9 * torch.diagonal(gram, dim1=1, dim2=2)[:, :n_fixed].mean(0)
+
+
+def _fixed_noise(band: "_SubBand", data: dict[str, Tensor], fixed: Tensor) -> Tensor:
+    """``(2,)`` float64: Σ w|X − fit|² of a chunk's fit by its fixed terms alone, and the
+    count of real values it sums (the noise of the first round, before the components mean
+    anything: summed over every chunk and process, so that it depends on neither)."""
+    w, x = band.pixel_weight, data["x"]
+    gram, rhs = normal_equations(fixed, x, w)
+    coef = torch.linalg.solve(gram + torch.diag(_flat_ridge(gram, len(fixed))), rhs)
+    fit = x - torch.einsum("ba,abn->bn", coef.to(x.dtype), fixed)
+    return torch.tensor([float((w * fit.abs() ** 2).sum()), 2 * float(w.sum()) * x.shape[0]],
+                        dtype=torch.float64, device=x.device)
+
+
 def _posterior(band: "_SubBand", data: dict[str, Tensor], fixed: Tensor, parts: Tensor,
-               sigma2: float | None) -> _Posterior:
-    """The E-step of a chunk (module docstring) from its fixed terms ``fixed`` and the
-    components' CTF-weighted slices ``parts (q, B, n)``; ``sigma2`` None: the noise of the fit
-    of the fixed terms alone (the first round, before the components mean anything)."""
+               sigma2: float) -> _Posterior:
+    """The E-step of a chunk (module docstring) from its fixed terms ``fixed``, the
+    components' CTF-weighted slices ``parts (q, B, n)`` and the noise power ``sigma2``."""
     basis = torch.cat([fixed, parts])  # (1 [+ 5] + q, B, n): amplitude, pose, components
     w, x = band.pixel_weight, data["x"]
     gram, rhs = normal_equations(basis, x, w)
     count = 2 * float(w.sum()) * x.shape[0]
     n_fixed = len(fixed)
-    # flat priors on the amplitude and pose terms: a ridge of 10⁻⁹ of their own scale
-    flat = 1e-9 * torch.diagonal(gram, dim1=1, dim2=2)[:, :n_fixed].mean(0)
-    if sigma2 is None:
-        coef = torch.linalg.solve(gram[:, :n_fixed, :n_fixed] + torch.diag(flat), rhs[:, :n_fixed])
-        fit = x - torch.einsum("ba,abn->bn", coef.to(x.dtype), fixed)
-        sigma2 = float((w * fit.abs() ** 2).sum()) / count
+    flat = _flat_ridge(gram, n_fixed)
     # a real pixel carries σ²/2 in each of its real and imaginary parts
     prior = torch.cat([flat, torch.full((len(basis) - n_fixed,), sigma2 / 2, dtype=torch.float64,
                                         device=gram.device)])
@@ -253,7 +266,13 @@ def variability(provider: SliceMatch, n_components: int, *, iterations: int,
         return terms
 
     weight_row = back.row_weight
-    sigma2, change = None, []
+    noise = torch.zeros(2, dtype=torch.float64, device=device)
+    for c, index in enumerate(chunks):
+        if len(index):
+            data = band.read(index)
+            noise += _fixed_noise(band, data, chunk_terms(c, data)[2])
+    noise = reduce({"noise": noise})["noise"]
+    sigma2, change = float(noise[0] / noise[1]), []
     for round_ in range(iterations + 1):
         projector = FourierProjector(components, padding=provider.padding, max_radius=radius)
         last = round_ == iterations

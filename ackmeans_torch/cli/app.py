@@ -43,7 +43,8 @@ import shlex
 import shutil
 import sys
 import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import hydra
@@ -258,6 +259,28 @@ def unquoted_value(args: list[str]) -> str | None:
     return None
 
 
+@contextmanager
+def _relaunchable_argv() -> Iterator[None]:
+    """Lightning's ddp launcher starts the extra local processes by re-executing ``sys.argv``
+    (``classify``, ``classify3d``, a picker's training), which ``cli/main.py`` rewrote to
+    ``["ackmeans-torch <command>", *overrides]``; give it the real script and the sub-command
+    back while the command runs (``sys.orig_argv`` ends with them)."""
+    saved = sys.argv
+    program, _, name = saved[0].partition(" ")
+    tail = [name, *saved[1:]]
+    original = sys.orig_argv
+    # only a process started as "<script> <command> ..." (not, e.g., a test runner) relaunches
+    if program != "ackmeans-torch" or not name or len(original) <= len(tail) or \
+            original[-len(tail):] != tail:
+        yield
+        return
+    sys.argv = [original[-len(tail) - 1], *tail]
+    try:
+        yield
+    finally:
+        sys.argv = saved
+
+
 def hydra_command(config_name: str) -> Callable[[Command], Callable[[], None]]:
     """Turn ``command(cfg, run_dir)`` into a console entry point composed from
     ``configs/<config_name>.yaml``."""
@@ -285,7 +308,8 @@ def hydra_command(config_name: str) -> Callable[[Command], Callable[[], None]]:
                     set_threads(cfg.get("threads", "auto")), cfg.get("threads", "auto"),
                     os.environ.get("OMP_WAIT_POLICY", "(OpenMP default)"),
                     " / ".join(f"{v:.2f}" for v in os.getloadavg()))
-                command(cfg, run_dir)
+                with _relaunchable_argv():
+                    command(cfg, run_dir)
             except KeyboardInterrupt:
                 fail("interrupted; resume with resume=true", EXIT_INTERRUPTED)
             except Exception as exc:

@@ -18,9 +18,6 @@ table (:func:`summary_table`), also into ``app.log``.
 from __future__ import annotations
 
 import logging
-import sys
-from collections.abc import Iterator
-from contextlib import contextmanager
 from dataclasses import fields
 from pathlib import Path
 
@@ -32,25 +29,6 @@ from ackmeans_torch.cli.app import hydra_command
 from ackmeans_torch.cluster.options import ClusterOptions
 
 log = logging.getLogger(__name__)
-
-
-@contextmanager
-def _relaunchable_argv() -> Iterator[None]:
-    """Lightning's ddp launcher starts the extra local processes by re-executing ``sys.argv``,
-    which ``cli/main.py`` rewrote to ``["ackmeans-torch classify", *overrides]``; give it the
-    real script and the sub-command back for the launch (``sys.orig_argv`` ends with them)."""
-    saved, tail = sys.argv, ["classify", *sys.argv[1:]]
-    original = sys.orig_argv
-    # only a process started as "<script> classify ..." (not, e.g., a test runner) is relaunchable
-    if not saved[0].endswith(" classify") or len(original) <= len(tail) or \
-            original[-len(tail):] != tail:
-        yield
-        return
-    sys.argv = [original[-len(tail) - 1], *tail]
-    try:
-        yield
-    finally:
-        sys.argv = saved
 
 
 #: the option objects of ``classify`` and the config group each is made from
@@ -77,11 +55,10 @@ def classify_from_config(cfg: DictConfig, run_dir: Path):
     settings = classify_options(cfg)
     resume = cfg.resume if isinstance(cfg.resume, bool) or cfg.resume is None else str(cfg.resume)
     source = instantiate(cfg.data)
-    with _relaunchable_argv():
-        return run_classification(
-            source, **settings, out_dir=run_dir, resume=resume,
-            wiener_epsilon=cfg.wiener_epsilon if cfg.ctf_averages else None,
-            progress=cfg.progress, project_dir=cfg.data.get("project_dir"))
+    return run_classification(
+        source, **settings, out_dir=run_dir, resume=resume,
+        wiener_epsilon=cfg.wiener_epsilon if cfg.ctf_averages else None,
+        progress=cfg.progress, project_dir=cfg.data.get("project_dir"))
 
 
 def _duration(seconds: float) -> str:
