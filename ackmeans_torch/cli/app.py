@@ -44,7 +44,7 @@ import shutil
 import sys
 import warnings
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from pathlib import Path
 
 import hydra
@@ -262,7 +262,7 @@ def unquoted_value(args: list[str]) -> str | None:
 @contextmanager
 def _relaunchable_argv() -> Iterator[None]:
     """Lightning's ddp launcher starts the extra local processes by re-executing ``sys.argv``
-    (``classify``, ``classify3d``, a picker's training), which ``cli/main.py`` rewrote to
+    (``classify``, ``classify3d``), which ``cli/main.py`` rewrote to
     ``["ackmeans-torch <command>", *overrides]``; give it the real script and the sub-command
     back while the command runs (``sys.orig_argv`` ends with them)."""
     saved = sys.argv
@@ -281,9 +281,11 @@ def _relaunchable_argv() -> Iterator[None]:
         sys.argv = saved
 
 
-def hydra_command(config_name: str) -> Callable[[Command], Callable[[], None]]:
+def hydra_command(config_name: str, *,
+                  relaunchable: bool = False) -> Callable[[Command], Callable[[], None]]:
     """Turn ``command(cfg, run_dir)`` into a console entry point composed from
-    ``configs/<config_name>.yaml``."""
+    ``configs/<config_name>.yaml``. ``relaunchable``: a command whose processes under DDP each
+    run it whole (:func:`_relaunchable_argv`; the others are not checked for that)."""
 
     def decorate(command: Command) -> Callable[[], None]:
         # per call: whether the command started, and the stderr to report on
@@ -308,7 +310,7 @@ def hydra_command(config_name: str) -> Callable[[Command], Callable[[], None]]:
                     set_threads(cfg.get("threads", "auto")), cfg.get("threads", "auto"),
                     os.environ.get("OMP_WAIT_POLICY", "(OpenMP default)"),
                     " / ".join(f"{v:.2f}" for v in os.getloadavg()))
-                with _relaunchable_argv():
+                with _relaunchable_argv() if relaunchable else nullcontext():
                     command(cfg, run_dir)
             except KeyboardInterrupt:
                 fail("interrupted; resume with resume=true", EXIT_INTERRUPTED)

@@ -108,7 +108,7 @@ def aligned_rows(rows: list[tuple[str, str]]) -> str:
     return "\n".join(f"  {name:<{width}}  {value}" for name, value in rows)
 
 
-@hydra_command("classify")
+@hydra_command("classify", relaunchable=True)
 def main(cfg: DictConfig, run_dir: Path) -> None:
     run = classify_from_config(cfg, run_dir)
     if run is not None:  # rank zero

@@ -52,7 +52,7 @@ def summary_table(run) -> str:
     return aligned_rows(rows)
 
 
-@hydra_command("classify3d")
+@hydra_command("classify3d", relaunchable=True)
 def main(cfg: DictConfig, run_dir: Path) -> None:
     made = classify_options(cfg, groups=CLASS3D_GROUPS)
     resume = cfg.resume if isinstance(cfg.resume, bool) or cfg.resume is None else str(cfg.resume)
