@@ -392,10 +392,10 @@ def _guessed(scored: Tensor, cur: Tensor, lengths: list[int], sizes: Tensor,
     batch 1, on 30,000 items, K = 3, 32 % moving, 0.02 s against 0.77 s."""
     k = scored.shape[1]
     device = scored.device
-    ends = torch.tensor(lengths, device=device).cumsum(0).tolist()
+    counts = torch.tensor(lengths, device=device)
+    ends = counts.cumsum(0).tolist()
     starts = [0] + ends[:-1]
-    batch = torch.repeat_interleave(torch.arange(len(lengths), device=device),
-                                    torch.tensor(lengths, device=device))
+    batch = torch.repeat_interleave(torch.arange(len(lengths), device=device), counts)
     placed = cur >= 0
     new = torch.empty_like(cur)
     guess = cur[:0]
