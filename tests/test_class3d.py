@@ -14,12 +14,14 @@ import torch
 
 from ackmeans_torch.class3d import Class3DOptions, run_class3d
 from ackmeans_torch.class3d.model import SliceMatch
+from ackmeans_torch.class3d.run import _m_step
 from ackmeans_torch.cluster.options import ClusterOptions
 from ackmeans_torch.cluster.penalties import EqualSize, NoPenalty, QuadraticPenalty, SpiderFactor
 from ackmeans_torch.data.prepared import PreprocessOptions, preprocess
 from ackmeans_torch.data.source import ArraySource
 from ackmeans_torch.errors import InputError
 from ackmeans_torch.io.mrc import load_volume
+from ackmeans_torch.ops.fourier import fftnc, shell_index
 from ackmeans_torch.ops.projection import BackProjector, FourierProjector
 from ackmeans_torch.sim.hetero import HeteroSimulation, simulate_hetero
 from ackmeans_torch.sim.views import random_rotations
@@ -119,6 +121,38 @@ def test_per_particle_scale_keeps_a_lighter_state_whatever_the_contrast():
     assert int(((truth == 1) & (plain == 0)).sum()) >= 3  # brighter absent -> heavier map
     assert int(((truth == 0) & (plain == 1)).sum()) >= 3  # fainter present -> lighter map
     assert (scaled == truth).all()
+
+
+def test_references_are_shrunk_by_the_fsc_power_and_the_written_maps_are_not(two_states):
+    """The M-step of the true partition with ``fsc_power`` 0.5 and 4: the written maps (figure
+    of merit √w, w = 2·FSC/(1 + FSC)) are the same, and the references' power per shell differs
+    by (w⁴ / w^0.5)² = w⁷, the weight the half maps' FSC gives, wherever that is ≥ 0.1 (below
+    it the reference mask spreads power from the lower shells); where the half maps agree
+    (w ≈ 1) the references keep their power, where they disagree they lose it."""
+    source, data = two_states
+    labels = torch.from_numpy(data.states - 1)
+    same = lambda index: index  # noqa: E731 (one process)
+    runs = {}
+    for power in (0.5, 4.0):
+        provider = SliceMatch(source, mask_radius=14, fsc_power=power)
+        references = _m_step(provider, torch.arange(len(labels)), labels,
+                             torch.zeros(2, BOX, BOX, BOX), chunk_size=256, shard=same,
+                             reduce=same)
+        runs[power] = references, provider.last
+    torch.testing.assert_close(runs[0.5][1]["maps"], runs[4.0][1]["maps"], rtol=0, atol=0)
+    shells = shell_index(BOX, 3).flatten().clamp(max=BOX // 2)
+
+    def shell_power(volume):
+        spectrum = fftnc(volume, 3).abs().flatten() ** 2
+        return torch.zeros(BOX // 2 + 1).index_add_(0, shells, spectrum)
+
+    for k in range(2):
+        curve = torch.from_numpy(runs[4.0][1]["fsc"][k]).float()
+        expected = (2 * curve / (1 + curve)).clamp(0, 1) ** 7
+        ratio = shell_power(runs[4.0][0][k]) / shell_power(runs[0.5][0][k])
+        kept = expected >= 0.1
+        assert int(kept.sum()) >= 8 and float(expected.min()) < 0.01
+        torch.testing.assert_close(ratio[kept], expected[kept], rtol=0.1, atol=0)
 
 
 @pytest.mark.parametrize("rule", [
@@ -242,6 +276,8 @@ def test_bad_settings_are_refused_before_reading():
         Class3DOptions(init="reference", maps=("a.mrc", "b.mrc"))
     with pytest.raises(InputError, match="class3d.resolution"):
         Class3DOptions(resolution=-3)
+    with pytest.raises(InputError, match="class3d.fsc_power"):
+        Class3DOptions(fsc_power=-1)
     with pytest.raises(InputError, match="temperature"):
         ClusterOptions(n_classes=2, temperature=-1)
 

@@ -20,6 +20,11 @@ from ackmeans_torch.sim.volume import phantom
 
 L = 32
 MASK = 14.0
+#: float32 rounding between two paths that sum the same terms in another order: a distance is
+#: the difference of power terms ~20× larger, so a few units in the last place of those terms
+#: (measured: 3.7·10⁻⁴ on a distance of 55, 6.6·10⁻⁶ of it, on an AMD EPYC where an earlier
+#: machine gave < 10⁻⁶) and 10⁻⁶ px on a sub-pixel shift; labels and mirrors stay exact
+ROUNDING = dict(rtol=1e-5, atol=1e-5)
 
 
 @pytest.fixture(scope="module")
@@ -42,19 +47,19 @@ def test_kept_spectra_and_pairs_equal_the_full_search(stacks, mirror):
     full = options.align(images, references, mask_radius=MASK)
     spectra = options.spectra(images, mask_radius=MASK)
     distances = options.align(spectra, references, mask_radius=MASK, mode="distances")
-    torch.testing.assert_close(distances, full.distances, rtol=1e-6, atol=0)
+    torch.testing.assert_close(distances, full.distances, **ROUNDING)
     labels = torch.arange(20) % 4
     chosen = full.select(labels)
     for given in (spectra, images):
         pairs = options.align_pairs(given, references, labels, mask_radius=MASK)
         assert torch.equal(pairs.mirror, chosen.mirror)
         for name in ("angle", "shift", "distance"):
-            torch.testing.assert_close(getattr(pairs, name), getattr(chosen, name), rtol=1e-6, atol=1e-6)
+            torch.testing.assert_close(getattr(pairs, name), getattr(chosen, name), **ROUNDING)
     best = options.align(images, references, mask_radius=MASK, mode="best")
     assert torch.equal(best.reference, full.distances.argmin(1))
     top = full.select(best.reference)
-    torch.testing.assert_close(best.angle, top.angle, rtol=1e-6, atol=1e-6)
-    torch.testing.assert_close(best.shift, top.shift, rtol=1e-6, atol=1e-6)
+    torch.testing.assert_close(best.angle, top.angle, **ROUNDING)
+    torch.testing.assert_close(best.shift, top.shift, **ROUNDING)
 
 
 def test_spectra_of_another_search_and_bad_labels_are_refused(stacks):
@@ -83,8 +88,8 @@ def test_mra_with_kept_spectra_equals_mra_without(stacks, monkeypatch):
     assert torch.equal(kept.poses.mirror, plain.poses.mirror)
     for name in ("angle", "shift", "distance"):
         torch.testing.assert_close(getattr(kept.poses, name), getattr(plain.poses, name),
-                                   rtol=1e-6, atol=1e-6)
-    torch.testing.assert_close(kept.averages, plain.averages, rtol=1e-6, atol=1e-6)
+                                   **ROUNDING)
+    torch.testing.assert_close(kept.averages, plain.averages, **ROUNDING)
 
 
 def test_unused_spectra_are_dropped_and_the_budget_holds(stacks):

@@ -51,10 +51,20 @@ sparsely sampled voxels from dividing by almost nothing). During the loop only t
 back-projected (the references are low-passed there anyway; the cost grows with the band's
 area); the final maps are made once more from the final classes to Nyquist
 (:meth:`SliceMatch.full_band`). The half maps' FSC (under the reference mask) gives the class's
-resolution at 0.143 and weights the full map by √(2·FSC / (1 + FSC)) per shell (the
-figure of merit of the full map, Rosenthal & Henderson 2003), so noise is not fed back into the
-next E-step; then the map is low-passed to the target resolution and multiplied by the
-reference mask. An empty class keeps its map.
+resolution at 0.143. The class map that is written is the full map weighted by √(2·FSC / (1 +
+FSC)) per shell (the figure of merit of the full map, Rosenthal & Henderson 2003). The
+reference the next E-step scores particles against is shrunk harder: the full map weighted by
+w = (2·FSC / (1 + FSC))^p per shell (``fsc_power`` p; p = 1 is the Wiener filter of a map whose
+per-shell SNR is 2·FSC / (1 − FSC)), low-passed to the target resolution and multiplied by the
+reference mask. A reference's noise adds to every particle's distance to it in the shells
+where it is noisy, the more so for the smaller classes, and a shell the two half maps barely
+agree in tells the classes apart by their noise; the higher power takes those shells out of
+the distance sooner. Measured on the 70S benchmark set (3 states, 64 px, SNR 1/10, 12 Å, poses
+refined 2 rounds), by the held-out maps of the true partition (each tenth of the particles
+scored by the maps of the other nine tenths): at 3,000 particles p = 0.5 assigns 0.781, 1
+0.812, 2 0.833, 3 0.832, 4 0.835, 6 0.827; at 30,000, p = 0.5 0.881, 1 0.889, 2 0.897, 4 0.903
+(the true maps: 0.912). Without the FSC weight (p = 0) 0.685 at 3,000. An empty class keeps
+its map.
 
 A particle is part of its own class's map, which fits its noise: measured on 2,000 particles in
 three states (40 px, SNR 1/10), removing one particle from its class raises its distance by
@@ -149,7 +159,7 @@ class SliceMatch(Dissimilarity):
     ``resolution``: the target resolution (Å) of the E-step band and of the references' low-pass
     (None: Nyquist). ``mask_radius``: the particle mask (px). ``reference_mask``: ``(L, L, L)``
     values in [0, 1] the maps are multiplied by (None: a soft sphere of ``mask_radius``).
-    ``whiten``, ``scale``, ``regularisation``: module docstring. ``padding``: of the projector
+    ``whiten``, ``scale``, ``regularisation``, ``fsc_power``: module docstring. ``padding``: of the projector
     and back-projector (RELION's 2). ``use_ctf``: weight by the CTF when the table has one.
     ``cache_bytes``: memory for what is kept across passes (:data:`CACHE_BYTES`).
     """
@@ -157,7 +167,7 @@ class SliceMatch(Dissimilarity):
     def __init__(self, source: ImageSource, *, resolution: float | None = None,
                  mask_radius: float | None = None, reference_mask: Tensor | None = None,
                  whiten: bool = False, scale: bool = False, regularisation: float = 0.01,
-                 padding: int = 2, use_ctf: bool = True,
+                 fsc_power: float = 4.0, padding: int = 2, use_ctf: bool = True,
                  cache_bytes: int = CACHE_BYTES) -> None:
         particles = source.particles.reset_index(drop=True)
         missing = [c for c in POSE_COLUMNS if c not in particles]
@@ -165,6 +175,7 @@ class SliceMatch(Dissimilarity):
             raise InputError(f"the particle table has no {', '.join(missing)}: 3D classification "
                              "needs the poses of a refinement (rlnAngleRot/Tilt/Psi)")
         check_number("regularisation", regularisation, 0.0)
+        check_number("fsc_power", fsc_power, 0.0)
         check_number("cache_bytes", cache_bytes, 0.0)
         self.cache_bytes = cache_bytes
         self.source = source
@@ -174,6 +185,7 @@ class SliceMatch(Dissimilarity):
         self.padding = padding
         self.device = device = source.device
         self.whiten, self.scale, self.regularisation = whiten, scale, regularisation
+        self.fsc_power = fsc_power
         angles = torch.from_numpy(particles[list(POSE_COLUMNS)].to_numpy(np.float64, copy=True))
         self.rotations = euler_to_matrix(angles).to(device=device, dtype=torch.float32)
         if {"rlnOriginXAngst", "rlnOriginYAngst"} <= set(particles.columns):
@@ -607,10 +619,11 @@ class SliceMatch(Dissimilarity):
             full = self.reconstruct(numerator[j].sum(0), weight[j].sum(0))
             curve = fsc(halves[j, 0] * self.reference_mask, halves[j, 1] * self.reference_mask)
             curves[j] = curve.cpu().numpy()
-            merit = torch.sqrt((2 * curve / (1 + curve)).clamp(0, 1)).float()
-            maps[j] = filter_shells(full, merit) * self.reference_mask
-            references[j] = filter_shells(full, merit * gains) * self.reference_mask
-            filters.append((j, merit * gains))
+            wiener = (2 * curve / (1 + curve)).clamp(0, 1).float()
+            maps[j] = filter_shells(full, wiener.sqrt()) * self.reference_mask
+            gain = wiener ** self.fsc_power * gains
+            references[j] = filter_shells(full, gain) * self.reference_mask
+            filters.append((j, gain))
         # a complete M-step (not the reseeding of one class from part of another) is recorded
         if float(counts.sum()) >= self.n_items - 0.5:
             for j, gain in filters:

@@ -125,7 +125,8 @@ class Class3DOptions:
     references' sphere (None: 90 % of the box); ``mask``: a mask map file (values 0–1) for the
     references instead of the sphere. ``whiten``: per-shell noise weighting from the data;
     ``scale``: a per-particle scale factor; ``regularisation``: the reconstruction's constant
-    Wiener term relative to the mean weight (``class3d/model.py``); ``padding``: of the Fourier
+    Wiener term relative to the mean weight, ``fsc_power``: the references' per-shell weight
+    (2·FSC / (1 + FSC))^p (both ``class3d/model.py``); ``padding``: of the Fourier
     grids; ``use_ctf``: weight by the CTF when the table has one. ``cache_gb``: memory (GiB) for
     what the loop keeps between rounds (``class3d/model.py``, ``CACHE_BYTES``); each part that
     does not fit is made afresh every round.
@@ -144,6 +145,7 @@ class Class3DOptions:
     whiten: bool = False
     scale: bool = True
     regularisation: float = 0.01
+    fsc_power: float = 4.0
     padding: int = 2
     use_ctf: bool = True
     cache_gb: float = CACHE_BYTES / 2**30
@@ -167,6 +169,7 @@ class Class3DOptions:
             if getattr(self, name) is not None:
                 check_number(f"class3d.{name}", getattr(self, name), 1e-6)
         check_number("class3d.regularisation", self.regularisation, 0.0)
+        check_number("class3d.fsc_power", self.fsc_power, 0.0)
         check_int("class3d.padding", self.padding, 1)
         check_number("class3d.cache_gb", self.cache_gb, 0.0)
         for name in ("whiten", "scale", "use_ctf"):
@@ -430,7 +433,8 @@ def run_class3d(source: ImageSource, *, rule: SizeRule, options: ClusterOptions,
         return SliceMatch(particles, resolution=class3d.resolution,
                           mask_radius=images.mask_radius, reference_mask=mask,
                           whiten=class3d.whiten, scale=class3d.scale,
-                          regularisation=class3d.regularisation, padding=class3d.padding,
+                          regularisation=class3d.regularisation, fsc_power=class3d.fsc_power,
+                          padding=class3d.padding,
                           use_ctf=class3d.use_ctf, cache_bytes=int(class3d.cache_gb * 2**30))
 
     provider = slice_match(images)
