@@ -129,6 +129,8 @@ CACHE_BYTES = 7 * 2**30
 OVERLAP = (2 / 3) ** 3
 #: voxels with less weight than this fraction of a grid's largest count as not reached (ε)
 WEIGHT_FLOOR = 1e-6
+#: default power p of the references' per-shell weight (2·FSC / (1 + FSC))^p (module docstring)
+FSC_POWER = 4.0
 
 
 def low_pass_gains(size: int, radius: float) -> Tensor:
@@ -159,15 +161,16 @@ class SliceMatch(Dissimilarity):
     ``resolution``: the target resolution (Å) of the E-step band and of the references' low-pass
     (None: Nyquist). ``mask_radius``: the particle mask (px). ``reference_mask``: ``(L, L, L)``
     values in [0, 1] the maps are multiplied by (None: a soft sphere of ``mask_radius``).
-    ``whiten``, ``scale``, ``regularisation``, ``fsc_power``: module docstring. ``padding``: of the projector
-    and back-projector (RELION's 2). ``use_ctf``: weight by the CTF when the table has one.
+    ``whiten``, ``scale``, ``regularisation``, ``fsc_power``: module docstring. ``padding``: of
+    the projector and back-projector (RELION's 2). ``use_ctf``: weight by the CTF when the table
+    has one.
     ``cache_bytes``: memory for what is kept across passes (:data:`CACHE_BYTES`).
     """
 
     def __init__(self, source: ImageSource, *, resolution: float | None = None,
                  mask_radius: float | None = None, reference_mask: Tensor | None = None,
                  whiten: bool = False, scale: bool = False, regularisation: float = 0.01,
-                 fsc_power: float = 4.0, padding: int = 2, use_ctf: bool = True,
+                 fsc_power: float = FSC_POWER, padding: int = 2, use_ctf: bool = True,
                  cache_bytes: int = CACHE_BYTES) -> None:
         particles = source.particles.reset_index(drop=True)
         missing = [c for c in POSE_COLUMNS if c not in particles]

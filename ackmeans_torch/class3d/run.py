@@ -62,7 +62,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from ackmeans_torch.class3d.model import CACHE_BYTES, SliceMatch, low_pass_gains
+from ackmeans_torch.class3d.model import CACHE_BYTES, FSC_POWER, SliceMatch, low_pass_gains
 from ackmeans_torch.class3d.poses import refine_poses, rotation_angle, with_poses
 from ackmeans_torch.class3d.variability import variability
 from ackmeans_torch.classify.checkpoint import (
@@ -145,7 +145,7 @@ class Class3DOptions:
     whiten: bool = False
     scale: bool = True
     regularisation: float = 0.01
-    fsc_power: float = 4.0
+    fsc_power: float = FSC_POWER
     padding: int = 2
     use_ctf: bool = True
     cache_gb: float = CACHE_BYTES / 2**30
